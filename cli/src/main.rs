@@ -1,0 +1,348 @@
+//! `taskbeat`: the operator CLI and `taskbeat local`.
+
+mod modules;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Map, Value};
+use taskbeat::backend::{Backend, load_sdk_config};
+use taskbeat::handler::{BatchHandler, HandlerOptions};
+use taskbeat::local::{LocalWorker, Phase};
+use taskbeat::manifest::Manifest;
+use taskbeat::{Client, SendOptions, TaskState};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The manifest compiled into this binary, used when no `taskbeat.toml` is found.
+const DEFAULT_MANIFEST: &str = include_str!("../../taskbeat.toml");
+
+#[derive(Debug, Parser)]
+#[command(name = "taskbeat", version, about = "Celery-style tasks on AWS serverless: run, send and watch tasks")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The manifest (default: taskbeat.toml here or in a parent folder, else the built-in one).
+    #[arg(long, global = true, env = "TASKBEAT_MANIFEST")]
+    manifest: Option<PathBuf>,
+    /// Where the embedded store lives (default: .taskbeat beside the manifest).
+    #[arg(long, global = true, env = "TASKBEAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use DynamoDB and SQS (standard AWS environment: AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL).
+    #[arg(long, global = true)]
+    aws: bool,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every module's worker on the embedded store (or on AWS with --aws) until Ctrl-C.
+    Local(LocalArgs),
+    /// Send a task; prints its id.
+    Send(SendArgs),
+    /// Show a task's record.
+    Status {
+        /// Task id.
+        id: Uuid,
+    },
+    /// Follow a task until it finishes; exit code 0 on SUCCESS, 1 otherwise.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// Seconds in-flight tasks get to finish after Ctrl-C before they go back to their queue.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// With --aws: create the table and queues first where missing (for the emulator).
+    #[arg(long, requires = "aws")]
+    create_resources: bool,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Task name, e.g. app.schedules.user_task.process_users.
+    task: String,
+    /// Positional arguments, a JSON array.
+    #[arg(long, default_value = "[]")]
+    args: String,
+    /// Keyword arguments, a JSON object.
+    #[arg(long, default_value = "{}")]
+    kwargs: String,
+    /// Queue to use instead of the manifest's route.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Seconds before it may run (at most 900).
+    #[arg(long)]
+    countdown: Option<u64>,
+    /// Send even when no linked module has this task (it will be dead-lettered).
+    #[arg(long)]
+    unchecked: bool,
+    /// Then watch it until it finishes.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Task id.
+    id: Uuid,
+    /// Give up after this many seconds (exit code 3).
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+/// Everything a command needs: the manifest, where it came from, and the backend.
+struct Setup {
+    manifest: Arc<Manifest>,
+    manifest_origin: String,
+    backend: Backend,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,taskbeat=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let setup = setup(&cli.global).await?;
+    match cli.command {
+        Command::Local(args) => local(setup, args, cli.global.aws).await,
+        Command::Send(args) => send(setup, args, cli.global.output).await,
+        Command::Status { id } => status(setup, id, cli.global.output).await,
+        Command::Watch(args) => watch(&setup, args.id, args.timeout.map(Duration::from_secs), cli.global.output).await,
+    }
+}
+
+fn find_manifest(explicit: Option<&Path>) -> Result<(Manifest, String, Option<PathBuf>)> {
+    if let Some(path) = explicit {
+        let manifest = Manifest::load(path)?;
+        return Ok((manifest, path.display().to_string(), Some(path.to_path_buf())));
+    }
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join("taskbeat.toml");
+        if candidate.is_file() {
+            let manifest = Manifest::load(&candidate)?;
+            return Ok((manifest, candidate.display().to_string(), Some(candidate)));
+        }
+    }
+    let manifest = Manifest::parse(DEFAULT_MANIFEST, "(built-in)")?;
+    Ok((manifest, "(built-in default; no taskbeat.toml found here or above)".into(), None))
+}
+
+async fn setup(global: &Global) -> Result<Setup> {
+    let (manifest, manifest_origin, path) = find_manifest(global.manifest.as_deref())?;
+    let backend = if global.aws {
+        let sdk = load_sdk_config().await;
+        if sdk.region().is_none() {
+            bail!("--aws needs a region: set AWS_REGION (and AWS_ENDPOINT_URL for an emulator)");
+        }
+        Backend::aws(&manifest, &sdk)
+    } else {
+        let data_dir = match (&global.data_dir, &path) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(manifest_path)) => manifest_path.parent().unwrap_or(Path::new(".")).join(".taskbeat"),
+            (None, None) => PathBuf::from(".taskbeat"),
+        };
+        Backend::embedded(&manifest, &data_dir)?
+    };
+    Ok(Setup { manifest: Arc::new(manifest), manifest_origin, backend })
+}
+
+async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
+    if args.create_resources {
+        let sdk = load_sdk_config().await;
+        taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk)).await?;
+    }
+    let mut workers = Vec::new();
+    for (name, module) in &setup.manifest.modules {
+        let registry = modules::registry_for(&module.crate_name).ok_or_else(|| {
+            let known: Vec<&str> = modules::linked().iter().map(|(n, _)| *n).collect();
+            anyhow!(
+                "module `{name}` names crate `{}`, which this taskbeat binary does not include (it has: {})",
+                module.crate_name,
+                known.join(", ")
+            )
+        })?;
+        let pair = setup.backend.queue(&module.queue).ok_or_else(|| anyhow!("no queue `{}`", module.queue))?;
+        let options = HandlerOptions { default_time_limit: module.timeout(), ..HandlerOptions::default() };
+        let handler = BatchHandler::new(
+            Arc::new(registry),
+            setup.backend.store.clone(),
+            pair.dead_letters.clone(),
+            &module.queue,
+            options,
+        );
+        let arn = if aws { setup.manifest.sqs_queue_name(&module.queue) } else { LocalWorker::local_arn(&module.queue) };
+        workers.push(LocalWorker {
+            module: name.clone(),
+            queue: pair.queue.clone(),
+            handler,
+            batch_size: usize::from(module.batch_size.min(10)),
+            concurrency: usize::from(module.max_concurrency),
+            timeout: module.timeout(),
+            visibility_timeout: module.visibility_timeout(),
+            arn,
+        });
+    }
+    let summary: Vec<String> =
+        setup.manifest.modules.iter().map(|(name, m)| format!("{name} (queue {})", m.queue)).collect();
+    eprintln!("taskbeat local: running {}", summary.join(", "));
+    eprintln!("  data:     {}", setup.backend.location);
+    eprintln!("  manifest: {}", setup.manifest_origin);
+    eprintln!(
+        "  try:      taskbeat send app.schedules.user_task.process_users --args '[[\"u1\",\"u2\",\"u3\"],\"recompute\"]' --wait"
+    );
+    eprintln!("  Ctrl-C stops: in-flight tasks get {} s to finish, then go back to their queue.", args.grace);
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let runtime = tokio::spawn(taskbeat::local::run(workers, phase_rx));
+    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    eprintln!("taskbeat local: stopping; waiting up to {} s for in-flight tasks (Ctrl-C again to stop now)", args.grace);
+    let _ = phase_tx.send(Phase::Draining);
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(args.grace)) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { while !runtime.is_finished() { tokio::time::sleep(Duration::from_millis(50)).await; } } => {}
+    }
+    let _ = phase_tx.send(Phase::Abandon);
+    let _ = runtime.await;
+    eprintln!("taskbeat local: stopped");
+    Ok(0)
+}
+
+fn aws_sdk_dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(sdk)
+}
+
+fn aws_sdk_sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(sdk)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(flag: &str, text: &str, expected: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| anyhow!("{flag} must be {expected}: {e} (got {text})"))
+}
+
+async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
+    let positional: Vec<Value> = parse_json("--args", &args.args, "a JSON array, e.g. '[[\"u1\"],\"recompute\"]'")?;
+    let kwargs: Map<String, Value> = parse_json("--kwargs", &args.kwargs, "a JSON object, e.g. '{\"days\": 30}'")?;
+    if !args.unchecked && modules::linked().iter().all(|(_, r)| r.get(&args.task).is_none()) {
+        let mut known: Vec<String> = modules::linked().iter().flat_map(|(_, r)| r.names().map(str::to_owned).collect::<Vec<_>>()).collect();
+        known.sort();
+        bail!("unknown task `{}`; registered tasks:\n  {}\n(--unchecked sends it anyway)", args.task, known.join("\n  "));
+    }
+    let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));
+    let options = SendOptions { queue: args.queue, countdown: args.countdown.map(Duration::from_secs), ..Default::default() };
+    let id = client.send(&args.task, positional, kwargs, options).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "id": id })),
+        Output::Table => println!("{id}"),
+    }
+    if args.wait {
+        return watch(&setup, id, None, output).await;
+    }
+    Ok(0)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
+async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
+    let record = setup
+        .backend
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+        Output::Table => print!("{}", output::record_table(&record)),
+    }
+    Ok(0)
+}
+
+async fn watch(setup: &Setup, id: Uuid, timeout: Option<Duration>, output: Output) -> Result<i32> {
+    let started = tokio::time::Instant::now();
+    let interactive = std::io::stderr().is_terminal() && output == Output::Table;
+    let bar = indicatif::ProgressBar::new(100);
+    if interactive {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix:9} [{bar:30}] {pos:>3}% {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_line = String::new();
+    loop {
+        let record = setup.backend.store.get(id).await?;
+        if let Some(record) = &record {
+            bar.set_prefix(record.state.to_string());
+            bar.set_position(u64::from(record.progress));
+            bar.set_message(record.status.clone().unwrap_or_default());
+            let line = format!("{} {:>3}% {}", record.state, record.progress, record.status.as_deref().unwrap_or(""));
+            if !interactive && output == Output::Table && line != last_line {
+                eprintln!("{}", line.trim_end());
+                last_line = line;
+            }
+            if record.state.is_terminal() {
+                bar.finish_and_clear();
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(record)?),
+                    Output::Table => print!("{}", output::record_table(record)),
+                }
+                return Ok(if record.state == TaskState::Success { 0 } else { 1 });
+            }
+        } else if started.elapsed() > Duration::from_secs(10) {
+            bar.finish_and_clear();
+            bail!("no task {id} in {} after 10 s; was it sent to this backend (--aws, --data-dir)?", setup.backend.location);
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            bar.finish_and_clear();
+            eprintln!("still {} after {:?}; giving up watching (the task goes on)", record.map_or("unknown".into(), |r| r.state.to_string()), timeout.unwrap_or_default());
+            return Ok(3);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}

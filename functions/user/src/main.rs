@@ -1,0 +1,6 @@
+//! The user module's Lambda function.
+
+#[tokio::main]
+async fn main() -> Result<(), taskbeat::lambda::Error> {
+    taskbeat::lambda::run(taskbeat_user::registry()).await
+}

@@ -1,0 +1,323 @@
+//! The manifest, `taskbeat.toml`: what `celeryconfig.py` was. Modules (one Lambda each) with
+//! their queues, routes (globs on task names, as `CELERY_ROUTES`), and queue settings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::queue::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// A manifest that cannot be used, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The file cannot be read.
+    #[error("cannot read manifest {path}: {message}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The TOML does not parse or has a wrong field (the message carries the line).
+    #[error("manifest {origin}: {message}")]
+    Syntax {
+        /// Where it came from.
+        origin: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The content is inconsistent.
+    #[error("manifest {origin}: {message}\n  hint: {hint}")]
+    Invalid {
+        /// Where it came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+}
+
+/// Project-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Prefix of AWS resource names (`{name}-{queue}`, `{name}-tasks`).
+    pub name: String,
+    /// The queue of a task no route matches (Celery's `task_default_queue`).
+    #[serde(default = "default_queue")]
+    pub default_queue: String,
+    /// The DynamoDB table; `{name}-tasks` when absent.
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+fn default_queue() -> String {
+    "default".to_owned()
+}
+
+/// One task module: a function crate, deployed as one Lambda on its own queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    /// The function crate.
+    #[serde(rename = "crate")]
+    pub crate_name: String,
+    /// The queue it consumes.
+    pub queue: String,
+    /// Records per batch (SQS event source batch size).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u16,
+    /// Function timeout, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout: u32,
+    /// Function memory, MB.
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+    /// Batches running at once (event source maximum concurrency; local pollers).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u16,
+}
+
+fn default_batch_size() -> u16 {
+    10
+}
+fn default_timeout() -> u32 {
+    60
+}
+fn default_memory() -> u32 {
+    256
+}
+fn default_max_concurrency() -> u16 {
+    4
+}
+
+impl Module {
+    /// The function timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.timeout))
+    }
+
+    /// How long a received message stays hidden: six times the timeout, as AWS advises for
+    /// Lambda event sources.
+    pub fn visibility_timeout(&self) -> Duration {
+        self.timeout() * 6
+    }
+}
+
+/// Settings of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Receives after which a message moves to the DLQ.
+    #[serde(default = "default_max_receive_count")]
+    pub max_receive_count: u32,
+    /// Largest body, bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings { max_receive_count: default_max_receive_count(), max_message_bytes: default_max_message_bytes() }
+    }
+}
+
+fn default_max_receive_count() -> u32 {
+    10
+}
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// A route: tasks whose name matches the glob go to the queue (`CELERY_ROUTES`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Glob on the task name (`app.schedules.user_task.*`).
+    pub pattern: String,
+    /// Target queue.
+    pub queue: String,
+}
+
+/// The parsed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Project settings.
+    pub project: Project,
+    /// Modules by name.
+    #[serde(default)]
+    pub modules: BTreeMap<String, Module>,
+    /// Queue settings by queue name (defaults apply to queues not listed).
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueSettings>,
+    /// Routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ManifestError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Manifest::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
+        manifest.validate(origin)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ManifestError> {
+        let invalid = |message: String, hint: &str| ManifestError::Invalid {
+            origin: origin.to_owned(),
+            message,
+            hint: hint.to_owned(),
+        };
+        if self.modules.is_empty() {
+            return Err(invalid("no modules".into(), "add a [modules.NAME] table with `crate` and `queue`"));
+        }
+        let mut consumers: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, module) in &self.modules {
+            if module.queue.trim().is_empty() {
+                return Err(invalid(format!("module `{name}` has an empty queue"), "set `queue = \"NAME\"` in the module"));
+            }
+            if let Some(other) = consumers.insert(&module.queue, name) {
+                return Err(invalid(
+                    format!("modules `{other}` and `{name}` both consume queue `{}`", module.queue),
+                    "each module has its own queue; give one of them another",
+                ));
+            }
+            if !(1..=10_000).contains(&module.batch_size) {
+                return Err(invalid(format!("module `{name}`: batch_size {} is out of 1..=10000", module.batch_size), "use 10 unless you measured otherwise"));
+            }
+            if !(1..=900).contains(&module.timeout) {
+                return Err(invalid(format!("module `{name}`: timeout {} s is out of Lambda's 1..=900", module.timeout), "lower the timeout"));
+            }
+        }
+        for queue in self.queues.keys() {
+            if !consumers.contains_key(queue.as_str()) {
+                return Err(invalid(format!("[queues.{queue}] is not consumed by any module"), "set a module's `queue` to it, or remove the table"));
+            }
+        }
+        if !consumers.contains_key(self.project.default_queue.as_str()) {
+            return Err(invalid(
+                format!("default_queue `{}` is not consumed by any module", self.project.default_queue),
+                "set [project] default_queue to a module's queue",
+            ));
+        }
+        for route in &self.routes {
+            glob::Pattern::new(&route.pattern).map_err(|e| {
+                invalid(format!("route pattern `{}` is not a glob: {e}", route.pattern), "use `*` and `?`, as in app.schedules.alert.*")
+            })?;
+            if !consumers.contains_key(route.queue.as_str()) {
+                return Err(invalid(
+                    format!("route `{}` goes to queue `{}`, which no module consumes", route.pattern, route.queue),
+                    "route to a module's queue",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue a task goes to: the first matching route, else the default queue.
+    pub fn route(&self, task: &str) -> &str {
+        self.routes
+            .iter()
+            .find(|r| glob::Pattern::new(&r.pattern).is_ok_and(|p| p.matches(task)))
+            .map_or(self.project.default_queue.as_str(), |r| r.queue.as_str())
+    }
+
+    /// Every queue (one per module), sorted.
+    pub fn queue_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.modules.values().map(|m| m.queue.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// A queue's settings.
+    pub fn queue_settings(&self, queue: &str) -> QueueSettings {
+        self.queues.get(queue).cloned().unwrap_or_default()
+    }
+
+    /// The module consuming a queue.
+    pub fn module_for_queue(&self, queue: &str) -> Option<(&str, &Module)> {
+        self.modules.iter().find(|(_, m)| m.queue == queue).map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// The DynamoDB table name.
+    pub fn table_name(&self) -> String {
+        self.project.table.clone().unwrap_or_else(|| format!("{}-tasks", self.project.name))
+    }
+
+    /// A queue's SQS name.
+    pub fn sqs_queue_name(&self, queue: &str) -> String {
+        format!("{}-{queue}", self.project.name)
+    }
+
+    /// A queue's DLQ name on SQS.
+    pub fn sqs_dlq_name(&self, queue: &str) -> String {
+        format!("{}-{queue}-dlq", self.project.name)
+    }
+}
+
+/// The dead-letter queue's name of an embedded queue.
+pub fn embedded_dlq_name(queue: &str) -> String {
+    format!("{queue}-dlq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[project]
+name = "tb"
+
+[modules.user]
+crate = "taskbeat-user"
+queue = "default"
+
+[modules.alert]
+crate = "taskbeat-alert"
+queue = "alerts"
+
+[[routes]]
+pattern = "app.schedules.alert.*"
+queue = "alerts"
+"#;
+
+    #[test]
+    fn routes_by_glob_with_default() {
+        let m = Manifest::parse(MINIMAL, "test").unwrap();
+        assert_eq!(m.route("app.schedules.alert.check_health"), "alerts");
+        assert_eq!(m.route("app.schedules.user_task.process_users"), "default");
+        assert_eq!(m.table_name(), "tb-tasks");
+        assert_eq!(m.sqs_dlq_name("alerts"), "tb-alerts-dlq");
+    }
+
+    #[test]
+    fn reports_mistakes_with_a_hint() {
+        let bad_route = MINIMAL.replace("queue = \"alerts\"\n\"#", "queue = \"nft\"\n\"#").replace(
+            "[[routes]]\npattern = \"app.schedules.alert.*\"\nqueue = \"alerts\"",
+            "[[routes]]\npattern = \"app.schedules.alert.*\"\nqueue = \"nft\"",
+        );
+        let err = Manifest::parse(&bad_route, "test").unwrap_err().to_string();
+        assert!(err.contains("no module consumes") && err.contains("hint"), "{err}");
+
+        let no_queue = "[project]\nname = \"tb\"\n[modules.user]\ncrate = \"x\"\n";
+        let err = Manifest::parse(no_queue, "test").unwrap_err().to_string();
+        assert!(err.contains("missing field `queue`") && err.contains("line"), "{err}");
+
+        let typo = MINIMAL.replace("crate = \"taskbeat-user\"", "crate = \"taskbeat-user\"\nqeue = 1");
+        let err = Manifest::parse(&typo, "test").unwrap_err().to_string();
+        assert!(err.contains("qeue"), "{err}");
+    }
+}

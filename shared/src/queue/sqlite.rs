@@ -1,0 +1,238 @@
+//! The embedded `TaskQueue`: messages in the SQLite file of `taskbeat local`, with SQS's
+//! semantics: a received message is hidden for its visibility timeout and comes back unless
+//! deleted; each receive counts; past the max receive count it moves to the dead-letter queue;
+//! a per-message delay holds it back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rusqlite::params;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_size};
+use crate::sqlite::Db;
+use crate::store::millis_to_time;
+
+/// How often an empty long poll looks again for messages sent by another process.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where a queue's dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redrive {
+    /// The dead-letter queue's name.
+    pub dead_letter_queue: String,
+    /// Receives after which a message moves there.
+    pub max_receive_count: u32,
+}
+
+/// One named queue in the embedded database.
+#[derive(Debug, Clone)]
+pub struct SqliteQueue {
+    db: Db,
+    name: String,
+    redrive: Option<Redrive>,
+    max_message_bytes: usize,
+    // Wakes an in-process long poll at once when this process sends.
+    arrivals: Arc<Notify>,
+}
+
+impl SqliteQueue {
+    /// A queue named `name` (created on first send), with an optional redrive policy.
+    pub fn new(db: Db, name: impl Into<String>, redrive: Option<Redrive>) -> Self {
+        SqliteQueue {
+            db,
+            name: name.into(),
+            redrive,
+            max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
+            arrivals: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Shares the arrival signal of another handle on the same queue (same process).
+    pub fn with_arrivals(mut self, arrivals: Arc<Notify>) -> Self {
+        self.arrivals = arrivals;
+        self
+    }
+
+    /// The arrival signal, to share with other handles of this queue.
+    pub fn arrivals(&self) -> Arc<Notify> {
+        self.arrivals.clone()
+    }
+
+    fn error(&self, e: impl ToString) -> QueueError {
+        QueueError::Backend { queue: self.name.clone(), message: e.to_string() }
+    }
+
+    async fn try_receive(&self, max: usize, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let name = self.name.clone();
+        let redrive = self.redrive.clone();
+        let visibility_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        let max = i64::try_from(max.clamp(1, 10)).unwrap_or(10);
+        let received = self
+            .db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                if let Some(redrive) = &redrive {
+                    // SQS moves a message whose receive count reached the maximum when it would be
+                    // received again; it keeps its id, body and attributes.
+                    conn.prepare_cached(
+                        "UPDATE messages SET queue = ?1, receive_count = 0, first_received = NULL, receipt = NULL
+                         WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
+                    )?
+                    .execute(params![redrive.dead_letter_queue, name, now, redrive.max_receive_count])?;
+                }
+                let mut select = conn.prepare_cached(
+                    "SELECT seq, message_id, body, attributes, sent_at, receive_count, first_received FROM messages
+                     WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
+                )?;
+                let rows = select
+                    .query_map(params![name, now, max], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, i64>(4)?,
+                            row.get::<_, u32>(5)?,
+                            row.get::<_, Option<i64>>(6)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut update = conn.prepare_cached(
+                    "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1,
+                     first_received = COALESCE(first_received, ?2), receipt = ?3 WHERE seq = ?4",
+                )?;
+                let mut messages = Vec::with_capacity(rows.len());
+                for (seq, message_id, body, attributes, sent_at, count, first) in rows {
+                    let receipt = format!("{message_id}:{}", Uuid::new_v4().simple());
+                    update.execute(params![now.saturating_add(visibility_ms), now, receipt, seq])?;
+                    messages.push(ReceivedMessage {
+                        message_id,
+                        receipt_handle: receipt,
+                        body,
+                        receive_count: count + 1,
+                        sent_at: millis_to_time(sent_at),
+                        first_received_at: Some(millis_to_time(first.unwrap_or(now))),
+                        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                    });
+                }
+                Ok(Ok::<_, QueueError>(messages))
+            })
+            .await
+            .map_err(|e| self.error(e))??;
+        Ok(received)
+    }
+}
+
+#[async_trait]
+impl TaskQueue for SqliteQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    async fn send(&self, message: OutgoingMessage) -> Result<String, QueueError> {
+        check_size(self, &message.body)?;
+        if message.delay > MAX_DELAY {
+            return Err(QueueError::DelayTooLong(message.delay));
+        }
+        let name = self.name.clone();
+        let message_id = Uuid::new_v4().to_string();
+        let id = message_id.clone();
+        let attributes = serde_json::to_string(&message.attributes).map_err(|e| self.error(e))?;
+        let delay_ms = i64::try_from(message.delay.as_millis()).unwrap_or(0);
+        self.db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                conn.prepare_cached(
+                    "INSERT INTO messages (message_id, queue, body, attributes, sent_at, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![id, name, message.body, attributes, now, now + delay_ms])?;
+                Ok(Ok::<_, QueueError>(()))
+            })
+            .await
+            .map_err(|e| self.error(e))??;
+        self.arrivals.notify_waiters();
+        Ok(message_id)
+    }
+
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = self.arrivals.notified();
+            let messages = self.try_receive(max, visibility).await?;
+            if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(messages);
+            }
+            let pause = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL_INTERVAL));
+            tokio::select! {
+                () = arrived => {}
+                () = pause => {}
+            }
+        }
+    }
+
+    async fn delete(&self, receipt_handles: &[String]) -> Result<(), QueueError> {
+        if receipt_handles.is_empty() {
+            return Ok(());
+        }
+        let receipts = receipt_handles.to_vec();
+        self.db
+            .call(move |conn| {
+                let mut delete = conn.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?;
+                for receipt in &receipts {
+                    delete.execute([receipt])?;
+                }
+                Ok(Ok::<_, QueueError>(()))
+            })
+            .await
+            .map_err(|e| self.error(e))?
+    }
+
+    async fn change_visibility(&self, receipt_handle: &str, visibility: Duration) -> Result<(), QueueError> {
+        let receipt = receipt_handle.to_owned();
+        let visibility_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        self.db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                conn.prepare_cached("UPDATE messages SET visible_at = ?1 WHERE receipt = ?2")?
+                    .execute(params![now.saturating_add(visibility_ms), receipt])?;
+                Ok(Ok::<_, QueueError>(()))
+            })
+            .await
+            .map_err(|e| self.error(e))??;
+        if visibility.is_zero() {
+            self.arrivals.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let name = self.name.clone();
+        self.db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                let depth = conn.prepare_cached(
+                    "SELECT
+                        COALESCE(SUM(visible_at <= ?2), 0),
+                        COALESCE(SUM(visible_at > ?2 AND receive_count > 0), 0),
+                        COALESCE(SUM(visible_at > ?2 AND receive_count = 0), 0)
+                     FROM messages WHERE queue = ?1",
+                )?
+                .query_row(params![name, now], |row| {
+                    let count = |i: usize| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+                    Ok(QueueDepth { visible: count(0)?, in_flight: count(1)?, delayed: count(2)? })
+                })?;
+                Ok(Ok::<_, QueueError>(depth))
+            })
+            .await
+            .map_err(|e| self.error(e))?
+    }
+}
