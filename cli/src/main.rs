@@ -190,7 +190,8 @@ async fn setup(global: &Global) -> Result<Setup> {
 async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     if args.create_resources {
         let sdk = load_sdk_config().await;
-        taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk)).await?;
+        taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk))
+            .await?;
     }
     let mut workers = Vec::new();
     for (name, module) in &setup.manifest.modules {
@@ -211,7 +212,8 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
             &module.queue,
             options,
         );
-        let arn = if aws { setup.manifest.sqs_queue_name(&module.queue) } else { LocalWorker::local_arn(&module.queue) };
+        let arn =
+            if aws { setup.manifest.sqs_queue_name(&module.queue) } else { LocalWorker::local_arn(&module.queue) };
         workers.push(LocalWorker {
             module: name.clone(),
             queue: pair.queue.clone(),
@@ -236,7 +238,10 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let runtime = tokio::spawn(taskbeat::local::run(workers, phase_rx));
     tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
-    eprintln!("taskbeat local: stopping; waiting up to {} s for in-flight tasks (Ctrl-C again to stop now)", args.grace);
+    eprintln!(
+        "taskbeat local: stopping; waiting up to {} s for in-flight tasks (Ctrl-C again to stop now)",
+        args.grace
+    );
     let _ = phase_tx.send(Phase::Draining);
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(args.grace)) => {}
@@ -265,12 +270,18 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
     let positional: Vec<Value> = parse_json("--args", &args.args, "a JSON array, e.g. '[[\"u1\"],\"recompute\"]'")?;
     let kwargs: Map<String, Value> = parse_json("--kwargs", &args.kwargs, "a JSON object, e.g. '{\"days\": 30}'")?;
     if !args.unchecked && modules::linked().iter().all(|(_, r)| r.get(&args.task).is_none()) {
-        let mut known: Vec<String> = modules::linked().iter().flat_map(|(_, r)| r.names().map(str::to_owned).collect::<Vec<_>>()).collect();
+        let mut known: Vec<String> =
+            modules::linked().iter().flat_map(|(_, r)| r.names().map(str::to_owned).collect::<Vec<_>>()).collect();
         known.sort();
-        bail!("unknown task `{}`; registered tasks:\n  {}\n(--unchecked sends it anyway)", args.task, known.join("\n  "));
+        bail!(
+            "unknown task `{}`; registered tasks:\n  {}\n(--unchecked sends it anyway)",
+            args.task,
+            known.join("\n  ")
+        );
     }
     let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));
-    let options = SendOptions { queue: args.queue, countdown: args.countdown.map(Duration::from_secs), ..Default::default() };
+    let options =
+        SendOptions { queue: args.queue, countdown: args.countdown.map(Duration::from_secs), ..Default::default() };
     let id = client.send(&args.task, positional, kwargs, options).await?;
     match output {
         Output::Json => println!("{}", serde_json::json!({ "id": id })),
@@ -287,12 +298,9 @@ fn hostname() -> String {
 }
 
 async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
-    let record = setup
-        .backend
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location))?;
+    let record = setup.backend.store.get(id).await?.ok_or_else(|| {
+        anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location)
+    })?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
         Output::Table => print!("{}", output::record_table(&record)),
@@ -336,11 +344,18 @@ async fn watch(setup: &Setup, id: Uuid, timeout: Option<Duration>, output: Outpu
             }
         } else if started.elapsed() > Duration::from_secs(10) {
             bar.finish_and_clear();
-            bail!("no task {id} in {} after 10 s; was it sent to this backend (--aws, --data-dir)?", setup.backend.location);
+            bail!(
+                "no task {id} in {} after 10 s; was it sent to this backend (--aws, --data-dir)?",
+                setup.backend.location
+            );
         }
         if timeout.is_some_and(|t| started.elapsed() > t) {
             bar.finish_and_clear();
-            eprintln!("still {} after {:?}; giving up watching (the task goes on)", record.map_or("unknown".into(), |r| r.state.to_string()), timeout.unwrap_or_default());
+            eprintln!(
+                "still {} after {:?}; giving up watching (the task goes on)",
+                record.map_or("unknown".into(), |r| r.state.to_string()),
+                timeout.unwrap_or_default()
+            );
             return Ok(3);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -48,7 +48,11 @@ pub fn record_table(record: &TaskRecord) -> String {
 
 fn compact(value: &serde_json::Value) -> String {
     let text = value.to_string();
-    if text.chars().count() > 400 { format!("{}… (--output json for all)", text.chars().take(400).collect::<String>()) } else { text }
+    if text.chars().count() > 400 {
+        format!("{}… (--output json for all)", text.chars().take(400).collect::<String>())
+    } else {
+        text
+    }
 }
 
 fn human(d: chrono::Duration) -> String {

@@ -49,7 +49,8 @@ impl Backend {
         for name in manifest.queue_names() {
             let settings = manifest.queue_settings(name);
             let dlq_name = embedded_dlq_name(name);
-            let redrive = Redrive { dead_letter_queue: dlq_name.clone(), max_receive_count: settings.max_receive_count };
+            let redrive =
+                Redrive { dead_letter_queue: dlq_name.clone(), max_receive_count: settings.max_receive_count };
             let queue: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db.clone(), name, Some(redrive)));
             let dead_letters: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db.clone(), dlq_name, None));
             queues.insert(name.to_owned(), QueuePair { queue, dead_letters });
@@ -66,7 +67,8 @@ impl Backend {
             .into_iter()
             .map(|name| {
                 let queue: Arc<dyn TaskQueue> = Arc::new(SqsQueue::new(sqs.clone(), manifest.sqs_queue_name(name)));
-                let dead_letters: Arc<dyn TaskQueue> = Arc::new(SqsQueue::new(sqs.clone(), manifest.sqs_dlq_name(name)));
+                let dead_letters: Arc<dyn TaskQueue> =
+                    Arc::new(SqsQueue::new(sqs.clone(), manifest.sqs_dlq_name(name)));
                 (name.to_owned(), QueuePair { queue, dead_letters })
             })
             .collect();
@@ -76,7 +78,10 @@ impl Backend {
         Backend {
             store: Arc::new(DynamoStore::new(dynamodb, &table)),
             queues,
-            location: format!("DynamoDB table {table} and SQS queues {}-* in {region}{endpoint}", manifest.project.name),
+            location: format!(
+                "DynamoDB table {table} and SQS queues {}-* in {region}{endpoint}",
+                manifest.project.name
+            ),
         }
     }
 

@@ -130,7 +130,9 @@ impl TaskContext {
         if !matches!(state, TaskState::Progress | TaskState::Started) {
             return Err(TaskError::permanent(
                 "InvalidState",
-                format!("update_state({state}) is not allowed: a running task reports PROGRESS; return a value or an error to finish"),
+                format!(
+                    "update_state({state}) is not allowed: a running task reports PROGRESS; return a value or an error to finish"
+                ),
             ));
         }
         let meta = match meta {

@@ -175,7 +175,8 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_body() {
-        let mut env = Envelope::new("app.schedules.user_task.process_users", vec![json!(["u1"]), json!("x")], Map::new());
+        let mut env =
+            Envelope::new("app.schedules.user_task.process_users", vec![json!(["u1"]), json!("x")], Map::new());
         env.origin = Some("test".into());
         let parsed = Envelope::parse(&env.to_body()).unwrap();
         assert_eq!(parsed, env);
@@ -194,7 +195,7 @@ mod tests {
         let cases = [
             (format!(r#"{{"version":1,"id":"{id}"}}"#), "task"),
             (format!(r#"{{"version":1,"id":"{id}","task":5}}"#), "task"),
-            (format!(r#"{{"version":1,"id":"nope","task":"t"}}"#), "id"),
+            (r#"{"version":1,"id":"nope","task":"t"}"#.to_owned(), "id"),
             (format!(r#"{{"version":1,"id":"{id}","task":"t","args":{{}}}}"#), "args"),
             (format!(r#"{{"version":1,"id":"{id}","task":"t","eta":"tomorrow"}}"#), "eta"),
             (format!(r#"{{"version":2,"id":"{id}","task":"t"}}"#), "version"),

@@ -124,7 +124,9 @@ impl BatchHandler {
             Ok(envelope) => envelope,
             Err(e) => {
                 let salvaged = Envelope::salvage_id(body);
-                return self.dead_letter(record, &format!("malformed message: {e}"), "MalformedMessage", salvaged).await;
+                return self
+                    .dead_letter(record, &format!("malformed message: {e}"), "MalformedMessage", salvaged)
+                    .await;
             }
         };
         let span = tracing::Span::current();
@@ -138,7 +140,9 @@ impl BatchHandler {
                 self.registry.module(),
                 known.join(", ")
             );
-            return self.dead_letter(record, &reason, "UnknownTask", Some((envelope.id, Some(envelope.task.clone())))).await;
+            return self
+                .dead_letter(record, &reason, "UnknownTask", Some((envelope.id, Some(envelope.task.clone()))))
+                .await;
         };
 
         if let Some(expires) = envelope.expires.filter(|e| *e <= Utc::now()) {
@@ -199,7 +203,10 @@ impl BatchHandler {
             Ok(Err(panic)) => Err(TaskError::permanent("panic", panic_message(panic.as_ref()))),
             Err(_) => Err(TaskError::permanent(
                 "TimeLimitExceeded",
-                format!("stopped after {:.1} s: over its time limit or the function's remaining time", started.elapsed().as_secs_f64()),
+                format!(
+                    "stopped after {:.1} s: over its time limit or the function's remaining time",
+                    started.elapsed().as_secs_f64()
+                ),
             )),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -254,7 +261,8 @@ impl BatchHandler {
                 attributes.entry(name.clone()).or_insert_with(|| text.clone());
             }
         }
-        let message = OutgoingMessage { body: record.body.clone().unwrap_or_default(), delay: Duration::ZERO, attributes };
+        let message =
+            OutgoingMessage { body: record.body.clone().unwrap_or_default(), delay: Duration::ZERO, attributes };
         if let Err(e) = self.dead_letters.send(message).await {
             // Not lost: handed back, the queue's redrive policy moves it after its max receives.
             return RecordOutcome::HandBack(format!("dead-letter queue unavailable ({e}); {reason}"));

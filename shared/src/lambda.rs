@@ -71,7 +71,13 @@ impl LambdaConfig {
         };
         let number = |name: &'static str, expected: &'static str| -> Result<Option<u64>, ConfigError> {
             var(name)
-                .map(|v| v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(ConfigError::Invalid { name, value: v, expected }))
+                .map(|v| {
+                    v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(ConfigError::Invalid {
+                        name,
+                        value: v,
+                        expected,
+                    })
+                })
                 .transpose()
         };
         let table = required(ENV_TABLE, "the DynamoDB table of task records (set by the template)")?;
@@ -115,7 +121,8 @@ pub async fn run(registry: Registry) -> Result<(), lambda_runtime::Error> {
     let config = LambdaConfig::from_env().inspect_err(|e| tracing::error!(error = %e, "configuration"))?;
     let sdk = load_sdk_config().await;
     let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table));
-    let dead_letters: Arc<dyn TaskQueue> = Arc::new(SqsQueue::from_url(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url));
+    let dead_letters: Arc<dyn TaskQueue> =
+        Arc::new(SqsQueue::from_url(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url));
     let handler = BatchHandler::new(Arc::new(registry), store, dead_letters, &config.queue, config.options);
     tracing::info!(module = handler.registry().module(), queue = %config.queue, "function ready");
     let handler = &handler;
@@ -142,7 +149,8 @@ mod tests {
         assert!(err.to_string().contains(ENV_TABLE), "{err}");
         let err = LambdaConfig::from_lookup(|n| (n != ENV_DLQ_URL).then(|| "x".to_owned())).unwrap_err();
         assert!(err.to_string().contains(ENV_DLQ_URL), "{err}");
-        let err = LambdaConfig::from_lookup(|n| Some(if n == ENV_CONCURRENCY { "lots".into() } else { "x".into() })).unwrap_err();
+        let err = LambdaConfig::from_lookup(|n| Some(if n == ENV_CONCURRENCY { "lots".into() } else { "x".into() }))
+            .unwrap_err();
         assert!(err.to_string().contains(ENV_CONCURRENCY) && err.to_string().contains("lots"), "{err}");
     }
 }

@@ -169,8 +169,8 @@ impl Manifest {
 
     /// Parses and validates manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest =
-            toml::from_str(text).map_err(|e| ManifestError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
         manifest.validate(origin)?;
         Ok(manifest)
     }
@@ -187,7 +187,10 @@ impl Manifest {
         let mut consumers: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, module) in &self.modules {
             if module.queue.trim().is_empty() {
-                return Err(invalid(format!("module `{name}` has an empty queue"), "set `queue = \"NAME\"` in the module"));
+                return Err(invalid(
+                    format!("module `{name}` has an empty queue"),
+                    "set `queue = \"NAME\"` in the module",
+                ));
             }
             if let Some(other) = consumers.insert(&module.queue, name) {
                 return Err(invalid(
@@ -196,15 +199,24 @@ impl Manifest {
                 ));
             }
             if !(1..=10_000).contains(&module.batch_size) {
-                return Err(invalid(format!("module `{name}`: batch_size {} is out of 1..=10000", module.batch_size), "use 10 unless you measured otherwise"));
+                return Err(invalid(
+                    format!("module `{name}`: batch_size {} is out of 1..=10000", module.batch_size),
+                    "use 10 unless you measured otherwise",
+                ));
             }
             if !(1..=900).contains(&module.timeout) {
-                return Err(invalid(format!("module `{name}`: timeout {} s is out of Lambda's 1..=900", module.timeout), "lower the timeout"));
+                return Err(invalid(
+                    format!("module `{name}`: timeout {} s is out of Lambda's 1..=900", module.timeout),
+                    "lower the timeout",
+                ));
             }
         }
         for queue in self.queues.keys() {
             if !consumers.contains_key(queue.as_str()) {
-                return Err(invalid(format!("[queues.{queue}] is not consumed by any module"), "set a module's `queue` to it, or remove the table"));
+                return Err(invalid(
+                    format!("[queues.{queue}] is not consumed by any module"),
+                    "set a module's `queue` to it, or remove the table",
+                ));
             }
         }
         if !consumers.contains_key(self.project.default_queue.as_str()) {
@@ -215,7 +227,10 @@ impl Manifest {
         }
         for route in &self.routes {
             glob::Pattern::new(&route.pattern).map_err(|e| {
-                invalid(format!("route pattern `{}` is not a glob: {e}", route.pattern), "use `*` and `?`, as in app.schedules.alert.*")
+                invalid(
+                    format!("route pattern `{}` is not a glob: {e}", route.pattern),
+                    "use `*` and `?`, as in app.schedules.alert.*",
+                )
             })?;
             if !consumers.contains_key(route.queue.as_str()) {
                 return Err(invalid(

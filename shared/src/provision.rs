@@ -58,7 +58,8 @@ pub async fn create_missing(
             .attributes
             .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
             .unwrap_or_default();
-        let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count });
+        let redrive =
+            serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count });
         let visibility = module.map_or(360, |m| m.visibility_timeout().as_secs());
         let name = manifest.sqs_queue_name(queue);
         sqs.create_queue()

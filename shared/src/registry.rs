@@ -115,7 +115,12 @@ impl TaskSpec {
     }
 
     /// Binds the call's arguments and runs the task body.
-    pub async fn call(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Value, TaskError> {
+    pub async fn call(
+        &self,
+        ctx: TaskContext,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Value, TaskError> {
         let bound = bind_args(&self.name, &self.params, args, kwargs)?;
         (self.handler)(ctx, bound).await
     }
@@ -171,8 +176,9 @@ impl Registry {
                     TaskError::permanent("InvalidArguments", format!("invalid arguments for {task_name}{at}: {inner}"))
                 })?;
                 let value = body(ctx, args).await?;
-                serde_json::to_value(value)
-                    .map_err(|e| TaskError::permanent("UnserializableResult", format!("result cannot be stored as JSON: {e}")))
+                serde_json::to_value(value).map_err(|e| {
+                    TaskError::permanent("UnserializableResult", format!("result cannot be stored as JSON: {e}"))
+                })
             }) as TaskFuture
         });
         let spec = TaskSpec { name: name.to_owned(), params: params.to_vec(), options, handler };
@@ -192,11 +198,21 @@ impl Registry {
 }
 
 /// Binds positional and keyword arguments to parameter names, as Python binds a call.
-pub fn bind_args(task: &str, params: &[&str], args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Value, TaskError> {
+pub fn bind_args(
+    task: &str,
+    params: &[&str],
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<Value, TaskError> {
     if args.len() > params.len() {
         return Err(TaskError::permanent(
             "InvalidArguments",
-            format!("{task} takes {} positional arguments ({}) but {} were given", params.len(), params.join(", "), args.len()),
+            format!(
+                "{task} takes {} positional arguments ({}) but {} were given",
+                params.len(),
+                params.join(", "),
+                args.len()
+            ),
         ));
     }
     let mut bound = Map::new();
@@ -229,11 +245,13 @@ mod tests {
     #[test]
     fn binds_like_python() {
         let params = ["user_ids", "action"];
-        let bound = bind_args("t", &params, vec![json!(["u1"])], Map::from_iter([("action".into(), json!("x"))])).unwrap();
+        let bound =
+            bind_args("t", &params, vec![json!(["u1"])], Map::from_iter([("action".into(), json!("x"))])).unwrap();
         assert_eq!(bound, json!({"user_ids": ["u1"], "action": "x"}));
         let too_many = bind_args("t", &params, vec![json!(1), json!(2), json!(3)], Map::new()).unwrap_err();
         assert!(too_many.to_string().contains("takes 2 positional arguments"));
-        let twice = bind_args("t", &params, vec![json!(1)], Map::from_iter([("user_ids".into(), json!(2))])).unwrap_err();
+        let twice =
+            bind_args("t", &params, vec![json!(1)], Map::from_iter([("user_ids".into(), json!(2))])).unwrap_err();
         assert!(twice.to_string().contains("multiple values for argument `user_ids`"));
         let unknown = bind_args("t", &params, vec![], Map::from_iter([("nope".into(), json!(2))])).unwrap_err();
         assert!(unknown.to_string().contains("unexpected keyword argument `nope`"));

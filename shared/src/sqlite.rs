@@ -50,7 +50,8 @@ impl Db {
                 message: format!("cannot create folder {}: {e}", dir.display()),
             })?;
         }
-        let sqlite_err = |e: rusqlite::Error| DbError::Sqlite { path: path.display().to_string(), message: e.to_string() };
+        let sqlite_err =
+            |e: rusqlite::Error| DbError::Sqlite { path: path.display().to_string(), message: e.to_string() };
         let conn = Connection::open(path).map_err(sqlite_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sqlite_err)?;
         conn.execute_batch(

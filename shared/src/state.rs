@@ -75,10 +75,7 @@ impl FromStr for TaskState {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let upper = s.trim().to_ascii_uppercase();
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == upper)
-            .ok_or_else(|| UnknownState(s.to_owned()))
+        Self::ALL.into_iter().find(|state| state.as_str() == upper).ok_or_else(|| UnknownState(s.to_owned()))
     }
 }
 

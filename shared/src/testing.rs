@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use crate::envelope::Envelope;
 use crate::event::sqs_event;
 use crate::handler::{BatchHandler, HandlerOptions};
-use crate::queue::{ReceivedMessage, TaskQueue};
 use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{ReceivedMessage, TaskQueue};
 use crate::record::TaskRecord;
 use crate::registry::Registry;
 use crate::sqlite::Db;
@@ -44,7 +44,10 @@ pub async fn run_task(registry: Registry, task: &str, args: Vec<Value>, kwargs: 
 }
 
 /// Runs raw message bodies as one batch; returns the response, the store and the DLQ.
-pub async fn run_bodies(registry: Registry, bodies: &[String]) -> (SqsBatchResponse, Arc<dyn StateStore>, Arc<dyn TaskQueue>) {
+pub async fn run_bodies(
+    registry: Registry,
+    bodies: &[String],
+) -> (SqsBatchResponse, Arc<dyn StateStore>, Arc<dyn TaskQueue>) {
     let db = match Db::open(Path::new(":memory:")) {
         Ok(db) => db,
         Err(e) => panic!("in-memory database: {e}"),

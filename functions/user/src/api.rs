@@ -77,15 +77,20 @@ impl AppApi {
         let base = std::env::var(ENV_APP_API_BASE).ok().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
             ApiError::Setting(format!("{ENV_APP_API_BASE} is not set: set it to the Flask app's API base URL, e.g. https://app.example.com/api"))
         })?;
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ApiError::Setting(format!("{ENV_APP_API_BASE} = {base:?} is not an http(s) URL")));
-        }
         let timeout = match std::env::var(ENV_APP_API_TIMEOUT) {
             Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| {
                 ApiError::Setting(format!("{ENV_APP_API_TIMEOUT} = {v:?} is not a whole number of seconds"))
             })?),
             Err(_) => Duration::from_secs(10),
         };
+        Self::new(http, &base, timeout)
+    }
+
+    /// The API at `base`.
+    pub fn new(http: reqwest::Client, base: &str, timeout: Duration) -> Result<Self, ApiError> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ApiError::Setting(format!("{ENV_APP_API_BASE} = {base:?} is not an http(s) URL")));
+        }
         Ok(AppApi { http, base: base.trim_end_matches('/').to_owned(), timeout })
     }
 
@@ -99,7 +104,11 @@ impl AppApi {
     }
 
     /// GET with a query string, decoding the JSON response.
-    pub async fn get_query<T: DeserializeOwned, Q: Serialize + ?Sized>(&self, path: &str, query: &Q) -> Result<T, ApiError> {
+    pub async fn get_query<T: DeserializeOwned, Q: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ApiError> {
         let url = self.url(path);
         let response = self.http.get(&url).query(query).timeout(self.timeout).send().await.map_err(transport)?;
         decode(&url, path, response).await

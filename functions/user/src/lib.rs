@@ -20,18 +20,39 @@ pub const CLEANUP_INACTIVE_USERS: &str = "app.schedules.user_task.cleanup_inacti
 /// The actions `process_users` applies.
 pub const ACTIONS: [&str; 3] = ["recompute", "activate", "deactivate"];
 
-/// The module's tasks.
+/// The module's tasks, configured from the environment (`APP_API_BASE`).
 pub fn registry() -> Registry {
+    registry_with(ApiSource::Env)
+}
+
+/// The module's tasks against the API at `base` (tests, tools).
+pub fn registry_with_api_base(base: &str) -> Registry {
+    registry_with(ApiSource::Base(base.to_owned()))
+}
+
+fn registry_with(source: ApiSource) -> Registry {
+    let (process, cleanup) = (source.clone(), source);
     Registry::new("user")
-        .task(PROCESS_USERS, &["user_ids", "action"], process_users)
-        .task(CLEANUP_INACTIVE_USERS, &["days"], cleanup_inactive_users)
+        .task(PROCESS_USERS, &["user_ids", "action"], move |ctx, args| process_users(ctx, args, process.clone()))
+        .task(CLEANUP_INACTIVE_USERS, &["days"], move |ctx, args| cleanup_inactive_users(ctx, args, cleanup.clone()))
+}
+
+/// Where the app's API settings come from.
+#[derive(Debug, Clone)]
+enum ApiSource {
+    Env,
+    Base(String),
 }
 
 // One HTTP client per process (cold start), built on first use.
-fn api() -> Result<AppApi, TaskError> {
+fn api(source: &ApiSource) -> Result<AppApi, TaskError> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    let client = CLIENT.get_or_init(AppApi::http_client);
-    AppApi::from_env(client.clone()).map_err(TaskError::from)
+    let client = CLIENT.get_or_init(AppApi::http_client).clone();
+    let api = match source {
+        ApiSource::Env => AppApi::from_env(client),
+        ApiSource::Base(base) => AppApi::new(client, base, std::time::Duration::from_secs(10)),
+    };
+    api.map_err(TaskError::from)
 }
 
 /// Arguments of `process_users(user_ids, action)`.
@@ -63,20 +84,22 @@ pub struct ProcessSummary {
 
 /// For each user: fetch it, apply the action, post the outcome back; progress after each.
 /// A missing user goes into `failed`; timeouts and 5xx make the whole task retryable.
-pub async fn process_users(ctx: TaskContext, args: ProcessUsers) -> Result<ProcessSummary, TaskError> {
+async fn process_users(ctx: TaskContext, args: ProcessUsers, source: ApiSource) -> Result<ProcessSummary, TaskError> {
     if !ACTIONS.contains(&args.action.as_str()) {
         return Err(TaskError::permanent(
             "InvalidArguments",
             format!("unknown action `{}`: expected one of {}", args.action, ACTIONS.join(", ")),
         ));
     }
-    let api = api()?;
+    let api = api(&source)?;
     let total = args.user_ids.len();
     let mut summary = ProcessSummary { processed: 0, failed: Vec::new() };
     for (done, id) in args.user_ids.iter().enumerate() {
         match process_one(&api, id, &args.action).await {
             Ok(()) => summary.processed += 1,
-            Err(ApiError::NotFound(_)) => summary.failed.push(FailedUser { id: id.clone(), reason: "user not found (404)".to_owned() }),
+            Err(ApiError::NotFound(_)) => {
+                summary.failed.push(FailedUser { id: id.clone(), reason: "user not found (404)".to_owned() })
+            }
             Err(ApiError::Rejected { status, message }) => {
                 summary.failed.push(FailedUser { id: id.clone(), reason: format!("rejected ({status}): {message}") })
             }
@@ -143,8 +166,12 @@ struct InactiveUser {
 }
 
 /// Pages through the inactive users and deactivates each; progress per page.
-pub async fn cleanup_inactive_users(ctx: TaskContext, args: CleanupInactive) -> Result<CleanupSummary, TaskError> {
-    let api = api()?;
+async fn cleanup_inactive_users(
+    ctx: TaskContext,
+    args: CleanupInactive,
+    source: ApiSource,
+) -> Result<CleanupSummary, TaskError> {
+    let api = api(&source)?;
     let mut summary = CleanupSummary { deactivated: 0, pages: 0 };
     let mut cursor: Option<String> = None;
     let mut seen: u64 = 0;
@@ -161,7 +188,13 @@ pub async fn cleanup_inactive_users(ctx: TaskContext, args: CleanupInactive) -> 
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            match api.post_json(&format!("users/{id}/deactivate"), &json!({ "reason": format!("inactive for {} days", args.days) })).await {
+            match api
+                .post_json(
+                    &format!("users/{id}/deactivate"),
+                    &json!({ "reason": format!("inactive for {} days", args.days) }),
+                )
+                .await
+            {
                 Ok(_) => summary.deactivated += 1,
                 // Gone meanwhile: nothing to deactivate.
                 Err(ApiError::NotFound(_)) => {}

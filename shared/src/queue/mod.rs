@@ -24,7 +24,9 @@ pub const SOURCE_QUEUE_ATTRIBUTE: &str = "taskbeat-source-queue";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// The body is over the queue's size limit; nothing was sent.
-    #[error("message of {bytes} bytes is over queue `{queue}`'s limit of {limit} bytes; send a reference (an S3 key, a database id) instead of the data")]
+    #[error(
+        "message of {bytes} bytes is over queue `{queue}`'s limit of {limit} bytes; send a reference (an S3 key, a database id) instead of the data"
+    )]
     TooLarge {
         /// Queue name.
         queue: String,
@@ -116,7 +118,12 @@ pub trait TaskQueue: Send + Sync + Debug {
 
     /// Receives up to `max` messages (at most 10), waiting up to `wait` for the first, hiding
     /// them for `visibility`.
-    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError>;
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError>;
 
     /// Deletes received messages by receipt handle.
     async fn delete(&self, receipt_handles: &[String]) -> Result<(), QueueError>;

@@ -82,7 +82,12 @@ impl SqliteQueue {
                         "UPDATE messages SET queue = ?1, receive_count = 0, first_received = NULL, receipt = NULL
                          WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
                     )?
-                    .execute(params![redrive.dead_letter_queue, name, now, redrive.max_receive_count])?;
+                    .execute(params![
+                        redrive.dead_letter_queue,
+                        name,
+                        now,
+                        redrive.max_receive_count
+                    ])?;
                 }
                 let mut select = conn.prepare_cached(
                     "SELECT seq, message_id, body, attributes, sent_at, receive_count, first_received FROM messages
@@ -163,7 +168,12 @@ impl TaskQueue for SqliteQueue {
         Ok(message_id)
     }
 
-    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrived = self.arrivals.notified();
@@ -219,17 +229,18 @@ impl TaskQueue for SqliteQueue {
         self.db
             .call(move |conn| {
                 let now = Utc::now().timestamp_millis();
-                let depth = conn.prepare_cached(
-                    "SELECT
+                let depth = conn
+                    .prepare_cached(
+                        "SELECT
                         COALESCE(SUM(visible_at <= ?2), 0),
                         COALESCE(SUM(visible_at > ?2 AND receive_count > 0), 0),
                         COALESCE(SUM(visible_at > ?2 AND receive_count = 0), 0)
                      FROM messages WHERE queue = ?1",
-                )?
-                .query_row(params![name, now], |row| {
-                    let count = |i: usize| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
-                    Ok(QueueDepth { visible: count(0)?, in_flight: count(1)?, delayed: count(2)? })
-                })?;
+                    )?
+                    .query_row(params![name, now], |row| {
+                        let count = |i: usize| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+                        Ok(QueueDepth { visible: count(0)?, in_flight: count(1)?, delayed: count(2)? })
+                    })?;
                 Ok(Ok::<_, QueueError>(depth))
             })
             .await

@@ -27,21 +27,32 @@ pub struct SqsQueue {
 impl SqsQueue {
     /// The queue named `name`; its URL is looked up on first use.
     pub fn new(client: Client, name: impl Into<String>) -> Self {
-        SqsQueue { client, name: name.into(), url: OnceCell::new(), max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES }
+        SqsQueue {
+            client,
+            name: name.into(),
+            url: OnceCell::new(),
+            max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 
     /// The queue at a known URL (as Lambda's configuration gives it).
     pub fn from_url(client: Client, url: impl Into<String>) -> Self {
         let url = url.into();
         let name = url.rsplit('/').next().unwrap_or(&url).to_owned();
-        SqsQueue { client, name, url: OnceCell::new_with(Some(url)), max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES }
+        SqsQueue {
+            client,
+            name,
+            url: OnceCell::new_with(Some(url)),
+            max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 
     /// The queue's URL.
     pub async fn url(&self) -> Result<&str, QueueError> {
         self.url
             .get_or_try_init(|| async {
-                let out = self.client.get_queue_url().queue_name(&self.name).send().await.map_err(|e| self.map_err(e))?;
+                let out =
+                    self.client.get_queue_url().queue_name(&self.name).send().await.map_err(|e| self.map_err(e))?;
                 out.queue_url.ok_or_else(|| QueueError::NoSuchQueue(self.name.clone()))
             })
             .await
@@ -112,7 +123,12 @@ impl TaskQueue for SqsQueue {
         Ok(out.message_id.unwrap_or_default())
     }
 
-    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let url = self.url().await?;
         let out = self
             .client
@@ -146,7 +162,9 @@ impl TaskQueue for SqsQueue {
                     receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(1),
-                    sent_at: number(MessageSystemAttributeName::SentTimestamp).map(millis_to_time).unwrap_or_else(Utc::now),
+                    sent_at: number(MessageSystemAttributeName::SentTimestamp)
+                        .map(millis_to_time)
+                        .unwrap_or_else(Utc::now),
                     first_received_at: number(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
                         .map(millis_to_time),
                     attributes,

@@ -75,7 +75,11 @@ impl DynamoStore {
                 .map_err(|e| StoreError::Backend(e.to_string()))
         };
         let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| StoreError::Backend(e.to_string()))
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))
         };
         let mut request = self
             .client
@@ -240,7 +244,8 @@ fn merged_progress(expr: &mut Expr, update: &ProgressUpdate) -> Result<(), Store
 impl StateStore for DynamoStore {
     #[tracing::instrument(level = "debug", skip_all, fields(task_id = %record.id))]
     async fn create(&self, record: &TaskRecord) -> Result<(), StoreError> {
-        let item = serde_dynamo::to_item(record).map_err(|e| StoreError::Backend(format!("cannot encode record: {e}")))?;
+        let item =
+            serde_dynamo::to_item(record).map_err(|e| StoreError::Backend(format!("cannot encode record: {e}")))?;
         let result = self
             .client
             .put_item()

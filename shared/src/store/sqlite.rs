@@ -49,8 +49,7 @@ fn decode(id: &str, text: &str) -> Result<TaskRecord, rusqlite::Error> {
 }
 
 fn write(conn: &Connection, record: &TaskRecord) -> Result<(), rusqlite::Error> {
-    let text = serde_json::to_string(record)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let text = serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     conn.prepare_cached(
         "INSERT INTO tasks (id, task, state, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET task = excluded.task, state = excluded.state, record = excluded.record",

@@ -1,0 +1,5 @@
+//! Integration tests of the runtime crate (one test binary).
+#![allow(clippy::unwrap_used)]
+
+mod handler;
+mod schema;
