@@ -1,1 +1,6 @@
-//! e2e
+//! Test support shared by the workspace's test binaries: a stand-in for the Flask app's API,
+//! and the AWS emulator's configuration with fresh resource names per test.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+pub mod emulator;
+pub mod fake_app;
