@@ -73,6 +73,16 @@ pub enum EnvelopeError {
 }
 
 impl EnvelopeError {
+    /// What was wrong, without any value from the body: safe for logs.
+    pub fn summary(&self) -> String {
+        match self {
+            EnvelopeError::Empty => "empty body".to_owned(),
+            EnvelopeError::NotJson(_) => "body is not JSON".to_owned(),
+            EnvelopeError::Field { field, .. } => format!("invalid envelope field `{field}`"),
+            EnvelopeError::UnsupportedVersion(v) => format!("unsupported envelope version {v}"),
+        }
+    }
+
     /// The field the error is about, when there is one.
     pub fn field(&self) -> Option<&str> {
         match self {

@@ -124,9 +124,8 @@ impl BatchHandler {
             Ok(envelope) => envelope,
             Err(e) => {
                 let salvaged = Envelope::salvage_id(body);
-                return self
-                    .dead_letter(record, &format!("malformed message: {e}"), "MalformedMessage", salvaged)
-                    .await;
+                let reason = DeadLetterReason { full: format!("malformed message: {e}"), loggable: e.summary() };
+                return self.dead_letter(record, reason, "MalformedMessage", salvaged).await;
             }
         };
         let span = tracing::Span::current();
@@ -134,15 +133,15 @@ impl BatchHandler {
         span.record("task", envelope.task.as_str());
         let Some(spec) = self.registry.get(&envelope.task) else {
             let known: Vec<&str> = self.registry.names().collect();
-            let reason = format!(
+            let full = format!(
                 "unknown task `{}`: module `{}` has {}; route it to the module that has it",
                 envelope.task,
                 self.registry.module(),
                 known.join(", ")
             );
-            return self
-                .dead_letter(record, &reason, "UnknownTask", Some((envelope.id, Some(envelope.task.clone()))))
-                .await;
+            let reason = DeadLetterReason { loggable: full.clone(), full };
+            let task = Some((envelope.id, Some(envelope.task.clone())));
+            return self.dead_letter(record, reason, "UnknownTask", task).await;
         };
 
         if let Some(expires) = envelope.expires.filter(|e| *e <= Utc::now()) {
@@ -221,7 +220,8 @@ impl BatchHandler {
                 completion.state = TaskState::Retry;
                 completion.retries = Some(claimed.retries + 1);
                 completion.error = Some(error.info().clone());
-                Some(format!("retry {} of {}: {error}", claimed.retries + 1, options.max_retries))
+                // The kind only: a task's message may quote its arguments, and logs never carry them.
+                Some(format!("retry {} of {} ({})", claimed.retries + 1, options.max_retries, error.info().kind))
             }
             Err(error) => {
                 completion.state = TaskState::Failure;
@@ -250,12 +250,12 @@ impl BatchHandler {
     async fn dead_letter(
         &self,
         record: &SqsMessage,
-        reason: &str,
+        reason: DeadLetterReason,
         kind: &str,
         task: Option<(uuid::Uuid, Option<String>)>,
     ) -> RecordOutcome {
-        tracing::warn!(reason = %reason, "dead-lettering record");
-        let mut attributes: BTreeMap<String, String> = dead_letter_attributes(reason, &self.queue);
+        tracing::warn!(reason = %reason.loggable, "dead-lettering record");
+        let mut attributes: BTreeMap<String, String> = dead_letter_attributes(&reason.full, &self.queue);
         for (name, value) in &record.message_attributes {
             if let Some(text) = &value.string_value {
                 attributes.entry(name.clone()).or_insert_with(|| text.clone());
@@ -265,18 +265,25 @@ impl BatchHandler {
             OutgoingMessage { body: record.body.clone().unwrap_or_default(), delay: Duration::ZERO, attributes };
         if let Err(e) = self.dead_letters.send(message).await {
             // Not lost: handed back, the queue's redrive policy moves it after its max receives.
-            return RecordOutcome::HandBack(format!("dead-letter queue unavailable ({e}); {reason}"));
+            return RecordOutcome::HandBack(format!("dead-letter queue unavailable ({e}); {}", reason.loggable));
         }
         if let Some((id, task)) = task {
             let task = task.unwrap_or_else(|| "(unknown)".to_owned());
             let mut completion = Completion::new(id, &task, &self.queue, TaskState::Failure);
-            completion.error = Some(ErrorInfo::new(kind, reason));
+            completion.error = Some(ErrorInfo::new(kind, reason.full));
             if let Err(e) = self.store.complete(&completion).await {
                 tracing::warn!(error = %e, "dead letter's failure not recorded");
             }
         }
         RecordOutcome::Done
     }
+}
+
+/// Why a record is dead-lettered: in full for the dead letter and the record, and without any
+/// value from the body for the logs.
+struct DeadLetterReason {
+    full: String,
+    loggable: String,
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

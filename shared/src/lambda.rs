@@ -109,7 +109,7 @@ pub fn init_tracing() {
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_current_span(true)
-        .with_span_list(false)
+        .with_span_list(true)
         .with_target(false)
         .with_ansi(false)
         .try_init();
