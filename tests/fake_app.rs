@@ -56,6 +56,11 @@ pub struct Options {
 
 /// Starts the server on a random 127.0.0.1 port, on the current runtime.
 pub async fn spawn(options: Options) -> FakeApp {
+    spawn_on(options, 0).await
+}
+
+/// Starts the server on 127.0.0.1:`port` (0: any free port), on the current runtime.
+pub async fn spawn_on(options: Options, port: u16) -> FakeApp {
     let calls = Arc::new(Mutex::new(Calls::default()));
     let state = AppState {
         calls: calls.clone(),
@@ -69,7 +74,7 @@ pub async fn spawn(options: Options) -> FakeApp {
         .route("/users/{id}/outcome", post(outcome))
         .route("/users/{id}/deactivate", post(deactivate))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     FakeApp { addr, calls }

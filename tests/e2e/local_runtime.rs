@@ -41,10 +41,8 @@ fn start(backend: &Backend, api_base: &str) -> (watch::Sender<Phase>, tokio::tas
 async fn wait_terminal(backend: &Backend, id: uuid::Uuid) -> TaskRecord {
     let started = Instant::now();
     loop {
-        if let Some(record) = backend.store.get(id).await.unwrap() {
-            if record.state.is_terminal() {
-                return record;
-            }
+        if let Some(record) = backend.store.get(id).await.unwrap().filter(|r| r.state.is_terminal()) {
+            return record;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "task {id} did not finish");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,147 @@
+//! The `taskbeat` binary as a person uses it: `taskbeat local` in one process, `send`,
+//! `watch` and `status` in others, a stop with Ctrl-C and a restart.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use taskbeat_e2e::fake_app;
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskbeat");
+
+fn taskbeat(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("TASKBEAT_MANIFEST")
+        .env_remove("TASKBEAT_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Starts `taskbeat local` in `dir` and waits for its banner. The caller stops it (`interrupt`).
+#[allow(clippy::zombie_processes)]
+fn start_local(dir: &Path, api_base: &str) -> Child {
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .arg("local")
+        .env("APP_API_BASE", api_base)
+        .env_remove("TASKBEAT_MANIFEST")
+        .env_remove("TASKBEAT_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut banner = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            banner.push(line.clone());
+            if line.contains("Ctrl-C stops") {
+                let banner = banner.join("\n");
+                assert!(banner.contains("taskbeat.db"), "says where the data lives:\n{banner}");
+                assert!(banner.contains("taskbeat send app.schedules.user_task.process_users"), "{banner}");
+                return child;
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("taskbeat local did not start:\n{}", banner.join("\n"));
+}
+
+fn interrupt(child: &mut Child) {
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("taskbeat local did not stop on Ctrl-C");
+}
+
+#[test]
+fn local_send_watch_status_and_restart() {
+    let app = fake_app::spawn_detached(fake_app::Options { delay: Duration::from_millis(150), ..Default::default() });
+    // An empty folder: no taskbeat.toml, so the built-in default manifest is used.
+    let dir = tempfile::tempdir().unwrap();
+    let mut local = start_local(dir.path(), &app.base());
+
+    let sent = taskbeat(
+        dir.path(),
+        &["send", "app.schedules.user_task.process_users", "--args", r#"[["u1","u2","u3"],"recompute"]"#],
+    );
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let id = text(&sent.stdout).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "prints the id: {id}");
+
+    let watched = taskbeat(dir.path(), &["watch", &id]);
+    assert!(watched.status.success(), "exit 0 on SUCCESS: {}", text(&watched.stderr));
+    let progress = text(&watched.stderr);
+    assert!(progress.contains("PROGRESS") && progress.contains("processing users: 1/3"), "{progress}");
+    let summary = text(&watched.stdout);
+    assert!(summary.contains("SUCCESS") && summary.contains(r#""processed":3"#), "{summary}");
+
+    interrupt(&mut local);
+    assert!(dir.path().join(".taskbeat/taskbeat.db").exists());
+    let mut local = start_local(dir.path(), &app.base());
+    let status = taskbeat(dir.path(), &["status", &id, "--output", "json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(record["state"], "SUCCESS");
+    assert_eq!(record["result"]["processed"], 3);
+
+    // A failing task: watch exits non-zero and shows the error.
+    let sent = taskbeat(
+        dir.path(),
+        &["send", "app.schedules.user_task.process_users", "--args", r#"[["u1"],"explode"]"#, "--wait"],
+    );
+    assert_eq!(sent.status.code(), Some(1));
+    assert!(
+        text(&sent.stdout).contains("FAILURE") && text(&sent.stdout).contains("unknown action"),
+        "{}",
+        text(&sent.stdout)
+    );
+    interrupt(&mut local);
+}
+
+#[test]
+fn mistakes_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = taskbeat(dir.path(), &["send", "app.schedules.user_task.nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let err = text(&unknown.stderr);
+    assert!(err.contains("unknown task `app.schedules.user_task.nope`") && err.contains("process_users"), "{err}");
+
+    let bad_args = taskbeat(dir.path(), &["send", "app.schedules.user_task.process_users", "--args", "{not json"]);
+    assert!(text(&bad_args.stderr).contains("--args must be a JSON array"), "{}", text(&bad_args.stderr));
+
+    let missing = taskbeat(dir.path(), &["status", &uuid::Uuid::new_v4().to_string()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("no task"), "{}", text(&missing.stderr));
+
+    std::fs::write(
+        dir.path().join("taskbeat.toml"),
+        "[project]\nname = \"x\"\n[modules.user]\ncrate = \"taskbeat-user\"\n",
+    )
+    .unwrap();
+    let bad_manifest = taskbeat(dir.path(), &["status", &uuid::Uuid::new_v4().to_string()]);
+    let err = text(&bad_manifest.stderr);
+    assert!(err.contains("taskbeat.toml") && err.contains("queue") && err.contains("line"), "{err}");
+}
