@@ -74,7 +74,7 @@ struct LocalArgs {
     #[arg(long, default_value_t = 30)]
     grace: u64,
     /// With --aws: create the table and queues first where missing (for the emulator).
-    #[arg(long, requires = "aws")]
+    #[arg(long)]
     create_resources: bool,
 }
 
@@ -188,6 +188,9 @@ async fn setup(global: &Global) -> Result<Setup> {
 }
 
 async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
+    if args.create_resources && !aws {
+        bail!("--create-resources creates AWS resources: use it with --aws (taskbeat --aws local --create-resources)");
+    }
     if args.create_resources {
         let sdk = load_sdk_config().await;
         taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk))

@@ -34,7 +34,7 @@ pub enum SendError {
     #[error("countdown of {0:?} is over the queue's 900 s delay limit")]
     CountdownTooLong(Duration),
     /// The state store failed (nothing was sent).
-    #[error("could not record the task: {0}")]
+    #[error("could not record the task")]
     Store(#[from] StoreError),
     /// The queue failed (the record says FAILURE).
     #[error("could not send the task: {0}")]

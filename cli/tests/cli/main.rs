@@ -25,11 +25,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Starts `taskbeat local` in `dir` and waits for its banner. The caller stops it (`interrupt`).
+/// Starts `taskbeat [extra] local` in `dir` and waits for its banner. The caller stops it
+/// (`interrupt`).
 #[allow(clippy::zombie_processes)]
 fn start_local(dir: &Path, api_base: &str) -> Child {
+    start_local_with(dir, api_base, &[])
+}
+
+#[allow(clippy::zombie_processes)]
+fn start_local_with(dir: &Path, api_base: &str, extra: &[&str]) -> Child {
     let mut child = Command::new(BIN)
         .current_dir(dir)
+        .args(extra)
         .arg("local")
         .env("APP_API_BASE", api_base)
         .env_remove("TASKBEAT_MANIFEST")
@@ -52,7 +59,7 @@ fn start_local(dir: &Path, api_base: &str) -> Child {
             banner.push(line.clone());
             if line.contains("Ctrl-C stops") {
                 let banner = banner.join("\n");
-                assert!(banner.contains("taskbeat.db"), "says where the data lives:\n{banner}");
+                assert!(banner.contains("data:"), "says where the data lives:\n{banner}");
                 assert!(banner.contains("taskbeat send app.schedules.user_task.process_users"), "{banner}");
                 return child;
             }
@@ -99,7 +106,7 @@ fn local_send_watch_status_and_restart() {
     assert!(summary.contains("SUCCESS") && summary.contains(r#""processed":3"#), "{summary}");
 
     interrupt(&mut local);
-    assert!(dir.path().join(".taskbeat/taskbeat.db").exists());
+    assert!(dir.path().join(".taskbeat/taskbeat.db").exists(), "data beside the manifest (here: the working folder)");
     let mut local = start_local(dir.path(), &app.base());
     let status = taskbeat(dir.path(), &["status", &id, "--output", "json"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
@@ -144,4 +151,61 @@ fn mistakes_get_clear_errors() {
     let bad_manifest = taskbeat(dir.path(), &["status", &uuid::Uuid::new_v4().to_string()]);
     let err = text(&bad_manifest.stderr);
     assert!(err.contains("taskbeat.toml") && err.contains("queue") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn local_and_send_on_aws_through_the_emulator() {
+    let app = fake_app::spawn_detached(fake_app::Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let project = taskbeat_e2e::emulator::unique_project("cli");
+    std::fs::write(dir.path().join("taskbeat.toml"), taskbeat_e2e::emulator::user_manifest(&project)).unwrap();
+    let endpoint = taskbeat_e2e::emulator::endpoint();
+    let aws = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .arg("--aws")
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap()
+    };
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--aws", "local", "--create-resources", "--grace", "5"])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("APP_API_BASE", app.base())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the table to exist (created by --create-resources) before sending.
+    let started = Instant::now();
+    let id = loop {
+        let sent =
+            aws(&["send", "app.schedules.user_task.process_users", "--args", r#"[["u1","missing-2"],"recompute"]"#]);
+        if sent.status.success() {
+            break text(&sent.stdout).trim().to_owned();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("send never succeeded: {}\nlocal said: {}", text(&sent.stderr), text(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let watched = aws(&["watch", &id, "--timeout", "60", "--output", "json"]);
+    interrupt(&mut child);
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+    assert!(watched.status.success(), "{}\nlocal said:\n{stderr}", text(&watched.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(record["state"], "SUCCESS");
+    assert_eq!(record["result"]["failed"][0]["id"], "missing-2");
+    assert!(stderr.contains("DynamoDB table"), "{stderr}");
 }

@@ -39,7 +39,9 @@ pub enum QueueError {
     #[error("delay of {0:?} is over the queue's maximum of 900 s")]
     DelayTooLong(Duration),
     /// The queue does not exist.
-    #[error("queue `{0}` does not exist; create it (taskbeat infra, or the test setup) or check the manifest's names")]
+    #[error(
+        "queue `{0}` does not exist: deploy the infrastructure, or on an emulator run `taskbeat --aws local --create-resources`; check the manifest's project name"
+    )]
     NoSuchQueue(String),
     /// The backend asked us to slow down.
     #[error("queue throttled: {0}")]

@@ -209,6 +209,11 @@ where
         Some(m) => format!("{code}: {m}"),
         None => aws_error_chain(&e),
     };
+    if code == "ResourceNotFoundException" {
+        return StoreError::Backend(format!(
+            "{message} (does the task table exist? deploy the infrastructure, or on an emulator run `taskbeat --aws local --create-resources`)"
+        ));
+    }
     if matches!(
         code.as_str(),
         "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded"
