@@ -5,7 +5,12 @@ use taskbeat::Registry;
 
 /// Crate names and their registries.
 pub fn linked() -> Vec<(&'static str, Registry)> {
-    vec![("taskbeat-user", taskbeat_user::registry())]
+    vec![
+        ("taskbeat-user", taskbeat_user::registry()),
+        ("taskbeat-alert", taskbeat_alert::registry()),
+        ("taskbeat-chat", taskbeat_chat::registry()),
+        ("taskbeat-nftfair", taskbeat_nftfair::registry()),
+    ]
 }
 
 /// The registry of a crate, if linked.

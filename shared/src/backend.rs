@@ -43,8 +43,11 @@ pub struct Backend {
 impl Backend {
     /// The embedded backend: one SQLite file under `data_dir`.
     pub fn embedded(manifest: &Manifest, data_dir: &Path) -> Result<Backend, DbError> {
-        let path = data_dir.join(DB_FILE);
-        let db = Db::open(&path)?;
+        Ok(Backend::embedded_on(manifest, Db::open(&data_dir.join(DB_FILE))?))
+    }
+
+    /// The embedded backend on an open database (`:memory:` for tests).
+    pub fn embedded_on(manifest: &Manifest, db: Db) -> Backend {
         let mut queues = BTreeMap::new();
         for name in manifest.queue_names() {
             let settings = manifest.queue_settings(name);
@@ -55,7 +58,8 @@ impl Backend {
             let dead_letters: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db.clone(), dlq_name, None));
             queues.insert(name.to_owned(), QueuePair { queue, dead_letters });
         }
-        Ok(Backend { store: Arc::new(SqliteStore::new(db)), queues, location: path.display().to_string() })
+        let location = db.path().display().to_string();
+        Backend { store: Arc::new(SqliteStore::new(db)), queues, location }
     }
 
     /// The AWS backend: the manifest's DynamoDB table and SQS queues, through `sdk`.

@@ -77,6 +77,11 @@ impl Client {
         &self.backend
     }
 
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// Sends `task` with `args` and `kwargs`; returns the task id.
     pub async fn send(
         &self,

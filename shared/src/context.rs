@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::client::{Client, SendError, SendOptions};
 use crate::registry::TaskError;
 use crate::state::TaskState;
 use crate::store::{ProgressUpdate, StateStore, StoreError};
@@ -34,6 +35,7 @@ struct Inner {
     root_id: Option<Uuid>,
     deadline: Option<Instant>,
     store: Arc<dyn StateStore>,
+    client: Option<Client>,
     interval: Duration,
     reporter: Mutex<Reporter>,
 }
@@ -76,8 +78,8 @@ pub struct ContextParts {
 }
 
 impl TaskContext {
-    /// A context writing to `store`.
-    pub fn new(parts: ContextParts, store: Arc<dyn StateStore>) -> Self {
+    /// A context writing to `store`; `client` sends child tasks.
+    pub fn new(parts: ContextParts, store: Arc<dyn StateStore>, client: Option<Client>) -> Self {
         TaskContext {
             inner: Arc::new(Inner {
                 id: parts.id,
@@ -87,6 +89,7 @@ impl TaskContext {
                 root_id: parts.root_id,
                 deadline: parts.deadline,
                 store,
+                client,
                 interval: parts.progress_interval,
                 reporter: Mutex::new(Reporter::default()),
             }),
@@ -116,6 +119,27 @@ impl TaskContext {
     /// The first task of the chain (this task when it is the first).
     pub fn root_id(&self) -> Uuid {
         self.inner.root_id.unwrap_or(self.inner.id)
+    }
+
+    /// The producer client of this runtime: the manifest's queues and the task store.
+    pub fn client(&self) -> Result<&Client, TaskError> {
+        self.inner.client.as_ref().ok_or_else(|| {
+            TaskError::permanent(
+                "NoClient",
+                "this runtime was started without a producer client (BatchHandler::with_client)",
+            )
+        })
+    }
+
+    /// Sends a child task (Celery's `apply_async` from inside a task): its parent is this task,
+    /// its root this task's root. Returns the child's id.
+    pub async fn send(&self, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Uuid, TaskError> {
+        let options =
+            SendOptions { parent_id: Some(self.id()), root_id: Some(self.root_id()), ..SendOptions::default() };
+        self.client()?.send(task, args, kwargs, options).await.map_err(|e| match e {
+            SendError::Store(_) | SendError::Queue(_) => TaskError::retryable("SendFailed", e.to_string()),
+            other => TaskError::permanent("SendFailed", other.to_string()),
+        })
     }
 
     /// Time left before this run is stopped.

@@ -18,6 +18,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+use crate::client::Client;
 use crate::context::{ContextParts, DEFAULT_PROGRESS_INTERVAL, TaskContext};
 use crate::envelope::Envelope;
 use crate::queue::{OutgoingMessage, TaskQueue, dead_letter_attributes};
@@ -67,6 +68,7 @@ pub struct BatchHandler {
     dead_letters: Arc<dyn TaskQueue>,
     queue: String,
     options: HandlerOptions,
+    client: Option<Client>,
 }
 
 impl BatchHandler {
@@ -79,7 +81,13 @@ impl BatchHandler {
         queue: impl Into<String>,
         options: HandlerOptions,
     ) -> Self {
-        BatchHandler { registry, store, dead_letters, queue: queue.into(), options }
+        BatchHandler { registry, store, dead_letters, queue: queue.into(), options, client: None }
+    }
+
+    /// Lets tasks send child tasks and read the manifest's queues (`ctx.send`, `ctx.client`).
+    pub fn with_client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// The module's registry.
@@ -194,6 +202,7 @@ impl BatchHandler {
                 progress_interval: self.options.progress_interval,
             },
             self.store.clone(),
+            self.client.clone(),
         );
         let started = Instant::now();
         let body = AssertUnwindSafe(spec.call(ctx.clone(), envelope.args, envelope.kwargs)).catch_unwind();

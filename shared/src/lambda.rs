@@ -10,8 +10,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{LambdaEvent, service_fn};
 use tokio::time::Instant;
 
-use crate::backend::load_sdk_config;
+use crate::backend::{Backend, load_sdk_config};
+use crate::client::Client;
 use crate::handler::{BatchHandler, HandlerOptions};
+use crate::manifest::Manifest;
 use crate::queue::TaskQueue;
 use crate::queue::sqs::SqsQueue;
 use crate::registry::Registry;
@@ -116,14 +118,24 @@ pub fn init_tracing() {
 }
 
 /// Runs a function: configuration, clients (once per cold start), then the Lambda runtime.
-pub async fn run(registry: Registry) -> Result<(), lambda_runtime::Error> {
+/// `manifest` is the text of `taskbeat.toml` compiled into the binary (`include_str!`): it
+/// routes child tasks and names the other queues.
+pub async fn run(registry: Registry, manifest: &str) -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let config = LambdaConfig::from_env().inspect_err(|e| tracing::error!(error = %e, "configuration"))?;
+    let manifest = Manifest::parse(manifest, "taskbeat.toml (compiled in)")
+        .inspect_err(|e| tracing::error!(error = %e, "manifest"))?;
     let sdk = load_sdk_config().await;
-    let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table));
+    let mut backend = Backend::aws(&manifest, &sdk);
+    // The table and the DLQ come from the deployment; the other queues from the manifest.
+    backend.store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table));
     let dead_letters: Arc<dyn TaskQueue> =
         Arc::new(SqsQueue::from_url(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url));
-    let handler = BatchHandler::new(Arc::new(registry), store, dead_letters, &config.queue, config.options);
+    let origin = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| registry.module().to_owned());
+    let store: Arc<dyn StateStore> = backend.store.clone();
+    let client = Client::new(Arc::new(manifest), backend, origin);
+    let handler =
+        BatchHandler::new(Arc::new(registry), store, dead_letters, &config.queue, config.options).with_client(client);
     tracing::info!(module = handler.registry().module(), queue = %config.queue, "function ready");
     let handler = &handler;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

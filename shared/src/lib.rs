@@ -19,6 +19,7 @@ pub mod provision;
 pub mod queue;
 pub mod record;
 pub mod registry;
+pub mod schedule;
 pub mod sqlite;
 pub mod state;
 pub mod store;

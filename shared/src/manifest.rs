@@ -79,6 +79,9 @@ pub struct Module {
     /// Batches running at once (event source maximum concurrency; local pollers).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u16,
+    /// Seconds the event source gathers records before invoking (SQS batching window, 0-300).
+    #[serde(default)]
+    pub batching_window: u16,
 }
 
 fn default_batch_size() -> u16 {
@@ -100,10 +103,10 @@ impl Module {
         Duration::from_secs(u64::from(self.timeout))
     }
 
-    /// How long a received message stays hidden: six times the timeout, as AWS advises for
-    /// Lambda event sources.
+    /// How long a received message stays hidden: six times the timeout plus the batching
+    /// window, as AWS advises for Lambda event sources.
     pub fn visibility_timeout(&self) -> Duration {
-        self.timeout() * 6
+        self.timeout() * 6 + Duration::from_secs(u64::from(self.batching_window))
     }
 }
 
@@ -142,6 +145,75 @@ pub struct Route {
     pub queue: String,
 }
 
+/// A crontab field as Celery takes it: a number or a string (`"*/10"`, `"mon-fri"`, `"0,30"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CronField {
+    /// A single number.
+    Number(u32),
+    /// Celery's string syntax.
+    Text(String),
+}
+
+/// An interval schedule: seconds, or a number with a unit (`"90s"`, `"5m"`, `"1h"`, `"1d"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Interval {
+    /// Seconds.
+    Seconds(u64),
+    /// A number with a unit.
+    Text(String),
+}
+
+/// A beat schedule (one `CELERYBEAT_SCHEDULE` entry), deployed as an EventBridge rule.
+/// Exactly one of: Celery's crontab fields, a raw EventBridge `expression`, or `every`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// The task to send.
+    pub task: String,
+    /// Its positional arguments.
+    #[serde(default)]
+    pub args: Vec<serde_json::Value>,
+    /// Its keyword arguments.
+    #[serde(default)]
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Celery `crontab(minute=...)`.
+    #[serde(default)]
+    pub minute: Option<CronField>,
+    /// Celery `crontab(hour=...)`.
+    #[serde(default)]
+    pub hour: Option<CronField>,
+    /// Celery `crontab(day_of_week=...)` (0-6, Sunday = 0, names accepted).
+    #[serde(default)]
+    pub day_of_week: Option<CronField>,
+    /// Celery `crontab(day_of_month=...)`.
+    #[serde(default)]
+    pub day_of_month: Option<CronField>,
+    /// Celery `crontab(month_of_year=...)`.
+    #[serde(default)]
+    pub month_of_year: Option<CronField>,
+    /// A raw EventBridge schedule expression: `cron(...)` or `rate(...)`.
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// An interval (Celery's `schedule=timedelta(...)`).
+    #[serde(default)]
+    pub every: Option<Interval>,
+    /// The schedule's time zone; rules run in UTC, so only UTC is accepted.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Deployed enabled (true) or disabled.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Queue to send to instead of the task's route.
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
 /// The parsed manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +229,9 @@ pub struct Manifest {
     /// Routes, first match wins.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Beat schedules by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleSpec>,
 }
 
 impl Manifest {
@@ -202,6 +277,12 @@ impl Manifest {
                 return Err(invalid(
                     format!("module `{name}`: batch_size {} is out of 1..=10000", module.batch_size),
                     "use 10 unless you measured otherwise",
+                ));
+            }
+            if module.batching_window > 300 {
+                return Err(invalid(
+                    format!("module `{name}`: batching_window {} s is over SQS's 300", module.batching_window),
+                    "use 0 to invoke as soon as records arrive, at most 300",
                 ));
             }
             if !(1..=900).contains(&module.timeout) {
@@ -275,6 +356,11 @@ impl Manifest {
     /// A queue's SQS name.
     pub fn sqs_queue_name(&self, queue: &str) -> String {
         format!("{}-{queue}", self.project.name)
+    }
+
+    /// A schedule's EventBridge rule name.
+    pub fn rule_name(&self, schedule: &str) -> String {
+        format!("{}-{schedule}", self.project.name)
     }
 
     /// A queue's DLQ name on SQS.

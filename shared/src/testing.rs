@@ -8,16 +8,17 @@ use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
+use crate::backend::Backend;
+use crate::client::Client;
 use crate::envelope::Envelope;
 use crate::event::sqs_event;
 use crate::handler::{BatchHandler, HandlerOptions};
-use crate::queue::sqlite::SqliteQueue;
+use crate::manifest::Manifest;
 use crate::queue::{ReceivedMessage, TaskQueue};
 use crate::record::TaskRecord;
 use crate::registry::Registry;
 use crate::sqlite::Db;
 use crate::store::StateStore;
-use crate::store::sqlite::SqliteStore;
 
 /// What one run produced.
 #[derive(Debug, Clone)]
@@ -52,9 +53,14 @@ pub async fn run_bodies(
         Ok(db) => db,
         Err(e) => panic!("in-memory database: {e}"),
     };
-    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::new(db.clone()));
-    let dlq: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db, "test-dlq", None));
-    let handler = BatchHandler::new(Arc::new(registry), store.clone(), dlq.clone(), "test", HandlerOptions::default());
+    let manifest = test_manifest(registry.module());
+    let backend = Backend::embedded_on(&manifest, db);
+    let store = backend.store.clone();
+    let dlq = backend.queue(TEST_QUEUE).map(|pair| pair.dead_letters.clone()).expect("the test queue");
+    let client = Client::new(Arc::new(manifest), backend, "test");
+    let handler =
+        BatchHandler::new(Arc::new(registry), store.clone(), dlq.clone(), TEST_QUEUE, HandlerOptions::default())
+            .with_client(client);
     let messages: Vec<ReceivedMessage> = bodies
         .iter()
         .enumerate()
@@ -71,6 +77,19 @@ pub async fn run_bodies(
     let event = sqs_event("arn:aws:sqs:local:000000000000:test", "local", &messages);
     let response = handler.handle(event, None).await;
     (response, store, dlq)
+}
+
+/// The queue of the test manifest.
+pub const TEST_QUEUE: &str = "test";
+
+/// A manifest with one module (the registry's) consuming [`TEST_QUEUE`]; child tasks sent by
+/// the task under test land there too.
+pub fn test_manifest(module: &str) -> Manifest {
+    let module = if module.is_empty() { "test" } else { module };
+    let text = format!(
+        "[project]\nname = \"test\"\ndefault_queue = \"{TEST_QUEUE}\"\n[modules.{module}]\ncrate = \"{module}\"\nqueue = \"{TEST_QUEUE}\"\n"
+    );
+    Manifest::parse(&text, "test manifest").expect("the test manifest is valid")
 }
 
 async fn drain(queue: &Arc<dyn TaskQueue>) -> Vec<String> {

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), taskbeat::lambda::Error> {
-    taskbeat::lambda::run(taskbeat_user::registry()).await
+    taskbeat::lambda::run(taskbeat_user::registry(), include_str!("../../../taskbeat.toml")).await
 }

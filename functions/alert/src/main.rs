@@ -1,0 +1,6 @@
+//! The alert module's Lambda function.
+
+#[tokio::main]
+async fn main() -> Result<(), taskbeat::lambda::Error> {
+    taskbeat::lambda::run(taskbeat_alert::registry(), include_str!("../../../taskbeat.toml")).await
+}
