@@ -6,14 +6,16 @@
 //! commit for many writes. WAL with `synchronous = NORMAL` is durable against process crashes.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Weak, mpsc};
 use std::time::Duration;
 
-use rusqlite::Connection;
-use tokio::sync::oneshot;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Notify, oneshot};
 
 /// How many queued requests one transaction takes at most.
 const MAX_GROUP: usize = 512;
+/// How often the watcher looks for commits of other connections.
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// An error of the embedded database.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,7 @@ type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
 pub struct Db {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    changes: Arc<Notify>,
 }
 
 impl Db {
@@ -69,7 +72,17 @@ impl Db {
             .name("taskbeat-sqlite".into())
             .spawn(move || run_writer(conn, inbox, &thread_path))
             .map_err(|e| DbError::Sqlite { path: path.display().to_string(), message: e.to_string() })?;
-        Ok(Db { jobs, path: path.to_path_buf() })
+        let changes = Arc::new(Notify::new());
+        if path != Path::new(":memory:") {
+            watch_changes(path, Arc::downgrade(&changes))?;
+        }
+        Ok(Db { jobs, path: path.to_path_buf(), changes })
+    }
+
+    /// Signalled when any connection, in this process or another, commits a change: waiting on
+    /// it costs nothing while the database is idle.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.changes.clone()
     }
 
     /// The database file.
@@ -114,6 +127,35 @@ where
     let end = if keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     conn.execute_batch(end).map_err(|e| e.to_string())?;
     outcome.map_err(|e| e.to_string())
+}
+
+/// Watches the file for commits from any connection with `PRAGMA data_version` on a read-only
+/// connection of its own (a cheap read, no lock), and signals `changes`. Ends when every `Db`
+/// handle is gone.
+fn watch_changes(path: &Path, changes: Weak<Notify>) -> Result<(), DbError> {
+    let sqlite_err = |e: rusqlite::Error| DbError::Sqlite { path: path.display().to_string(), message: e.to_string() };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(sqlite_err)?;
+    let read_version = move || conn.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0));
+    let mut seen = read_version().map_err(sqlite_err)?;
+    std::thread::Builder::new()
+        .name("taskbeat-sqlite-watch".into())
+        .spawn(move || {
+            while let Some(changes) = changes.upgrade() {
+                std::thread::sleep(WATCH_INTERVAL);
+                match read_version() {
+                    Ok(version) if version != seen => {
+                        seen = version;
+                        changes.notify_waiters();
+                    }
+                    Ok(_) => {}
+                    // Keep the pollers going on their own timer rather than miss work.
+                    Err(_) => changes.notify_waiters(),
+                }
+            }
+        })
+        .map_err(|e| DbError::Sqlite { path: path.display().to_string(), message: e.to_string() })?;
+    Ok(())
 }
 
 fn run_writer(conn: Connection, inbox: mpsc::Receiver<Job>, path: &Path) {

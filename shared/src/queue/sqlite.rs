@@ -16,8 +16,9 @@ use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage,
 use crate::sqlite::Db;
 use crate::store::millis_to_time;
 
-/// How often an empty long poll looks again for messages sent by another process.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often an empty long poll looks again without being woken: delayed messages and expired
+/// visibility timeouts become receivable by the clock, not by a commit.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a queue's dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +178,8 @@ impl TaskQueue for SqliteQueue {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrived = self.arrivals.notified();
+            let changes = self.db.changes();
+            let committed = changes.notified();
             let messages = self.try_receive(max, visibility).await?;
             if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(messages);
@@ -184,6 +187,7 @@ impl TaskQueue for SqliteQueue {
             let pause = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL_INTERVAL));
             tokio::select! {
                 () = arrived => {}
+                () = committed => {}
                 () = pause => {}
             }
         }
