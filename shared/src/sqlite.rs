@@ -212,4 +212,9 @@ CREATE TABLE IF NOT EXISTS messages (
     receipt        TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+
+CREATE TABLE IF NOT EXISTS markers (
+    key    TEXT PRIMARY KEY,
+    until  INTEGER NOT NULL
+);
 ";

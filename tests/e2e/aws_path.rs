@@ -272,3 +272,19 @@ async fn the_dynamodb_store_keeps_its_conditions() {
     assert_eq!(record.result, done.result);
     assert!(matches!(store.progress(uuid::Uuid::new_v4(), &update).await, Err(StoreError::NotFound(_))));
 }
+
+#[tokio::test]
+async fn dynamodb_markers_are_taken_once_per_window() {
+    let aws = setup().await;
+    let store = aws.backend.store.clone();
+    let window = Duration::from_millis(800);
+    assert!(store.acquire_marker("alert:db-down", window).await.unwrap());
+    assert!(!store.acquire_marker("alert:db-down", window).await.unwrap());
+    assert!(store.acquire_marker("alert:cache-down", window).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(store.acquire_marker("alert:db-down", window).await.unwrap(), "free again after the window");
+    // Markers stay out of the task indexes.
+    let listed =
+        store.list(&ListQuery { by: ListBy::State(TaskState::Pending), since: None, limit: 50 }).await.unwrap();
+    assert!(listed.is_empty());
+}

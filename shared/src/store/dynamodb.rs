@@ -25,6 +25,8 @@ use crate::state::TaskState;
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// The table's hash key.
 pub const HASH_KEY: &str = "id";
+/// The id prefix of marker items (`acquire_marker`).
+pub const MARKER_PREFIX: &str = "marker#";
 /// The TTL attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "ttl";
 
@@ -440,6 +442,32 @@ impl StateStore for DynamoStore {
             .await
             .map_err(map_err)?;
         out.item.map(from_item).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn acquire_marker(&self, key: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        // Markers share the task table under their own id prefix; they carry neither `state`
+        // nor `task`, so the indexes never see them.
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(HASH_KEY, s_attr(&format!("{MARKER_PREFIX}{key}")))
+            .item("marker_until", n_attr(until.timestamp_millis()))
+            .item(TTL_ATTRIBUTE, n_attr(until.timestamp() + 1))
+            .condition_expression("attribute_not_exists(#id) OR #until <= :now")
+            .expression_attribute_names("#id", HASH_KEY)
+            .expression_attribute_names("#until", "marker_until")
+            .expression_attribute_values(":now", n_attr(now.timestamp_millis()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

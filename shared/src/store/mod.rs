@@ -185,6 +185,11 @@ pub trait StateStore: Send + Sync + Debug {
 
     /// Lists records through an index, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Takes the marker `key` for `ttl` when no live one exists (one conditional write): true
+    /// when taken, false when another holder's marker is still live. For deduplication
+    /// (an alert's dedup key within a window) and other once-per-window work.
+    async fn acquire_marker(&self, key: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
 }
 
 /// Applies a claim to the current record (or none), as every backend must. Returns the record

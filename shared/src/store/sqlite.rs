@@ -125,6 +125,24 @@ impl StateStore for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
+    async fn acquire_marker(&self, key: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                let taken = conn
+                    .prepare_cached(
+                        "INSERT INTO markers (key, until) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE markers.until <= ?3",
+                    )?
+                    .execute(params![key, now.saturating_add(ttl_ms), now])?;
+                Ok(Ok(taken == 1))
+            })
+            .await?
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
         let query = query.clone();
         self.db

@@ -56,6 +56,22 @@ impl StateStore for CountingStore {
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
         self.inner.list(query).await
     }
+    async fn acquire_marker(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.acquire_marker(key, ttl).await
+    }
+}
+
+#[tokio::test]
+async fn markers_are_taken_once_per_window() {
+    let rig = rig(HandlerOptions::default());
+    assert!(rig.store.acquire_marker("alert:db-down", Duration::from_millis(300)).await.unwrap());
+    assert!(!rig.store.acquire_marker("alert:db-down", Duration::from_millis(300)).await.unwrap());
+    assert!(rig.store.acquire_marker("alert:other", Duration::from_millis(300)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        rig.store.acquire_marker("alert:db-down", Duration::from_millis(300)).await.unwrap(),
+        "free again after the window"
+    );
 }
 
 fn registry() -> Registry {
