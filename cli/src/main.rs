@@ -66,6 +66,11 @@ enum Command {
     },
     /// Follow a task until it finishes; exit code 0 on SUCCESS, 1 otherwise.
     Watch(WatchArgs),
+    /// Revoke a task: a pending one never starts, a running one is told (ctx.is_revoked()).
+    Revoke {
+        /// Task id.
+        id: Uuid,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -91,9 +96,15 @@ struct SendArgs {
     /// Queue to use instead of the manifest's route.
     #[arg(long)]
     queue: Option<String>,
-    /// Seconds before it may run (at most 900).
-    #[arg(long)]
-    countdown: Option<u64>,
+    /// Seconds before it may run (negative: now); longer than SQS's 900 s works too.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "eta")]
+    countdown: Option<i64>,
+    /// Do not run before this time (RFC 3339, e.g. 2026-12-24T08:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    eta: Option<chrono::DateTime<chrono::Utc>>,
+    /// Do not run after this: a time (RFC 3339) or seconds from now; then it is REVOKED.
+    #[arg(long, value_parser = parse_expires)]
+    expires: Option<chrono::DateTime<chrono::Utc>>,
     /// Send even when no linked module has this task (it will be dead-lettered).
     #[arg(long)]
     unchecked: bool,
@@ -147,6 +158,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Local(args) => local(setup, args, cli.global.aws).await,
         Command::Send(args) => send(setup, args, cli.global.output).await,
         Command::Status { id } => status(setup, id, cli.global.output).await,
+        Command::Revoke { id } => revoke(setup, id, cli.global.output).await,
         Command::Watch(args) => watch(&setup, args.id, args.timeout.map(Duration::from_secs), cli.global.output).await,
     }
 }
@@ -283,8 +295,13 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
         );
     }
     let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));
-    let options =
-        SendOptions { queue: args.queue, countdown: args.countdown.map(Duration::from_secs), ..Default::default() };
+    let options = SendOptions {
+        queue: args.queue,
+        countdown: args.countdown.map(chrono::Duration::seconds),
+        eta: args.eta,
+        expires: args.expires,
+        ..Default::default()
+    };
     let id = client.send(&args.task, positional, kwargs, options).await?;
     match output {
         Output::Json => println!("{}", serde_json::json!({ "id": id })),
@@ -296,8 +313,41 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
     Ok(0)
 }
 
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}: expected an RFC 3339 time such as 2026-12-24T08:00:00Z"))
+}
+
+fn parse_expires(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() => {
+            Ok(chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64))
+        }
+        _ => parse_time(text).map_err(|e| format!("{e}, or a number of seconds from now")),
+    }
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
+async fn revoke(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
+    let was =
+        setup.backend.store.revoke(id, "revoked by an operator (taskbeat revoke)").await.map_err(|e| match e {
+            taskbeat::store::StoreError::NotFound(_) => {
+                anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location)
+            }
+            taskbeat::store::StoreError::Terminal { state, .. } => {
+                anyhow!("task {id} is already {state}; nothing to revoke")
+            }
+            other => anyhow!(other),
+        })?;
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "id": id, "state": "REVOKED", "previous_state": was })),
+        Output::Table => println!("revoked {id} (was {was})"),
+    }
+    Ok(0)
 }
 
 async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {

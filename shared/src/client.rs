@@ -30,9 +30,9 @@ pub enum SendError {
     /// Over the queue's size limit (nothing was written).
     #[error(transparent)]
     TooLarge(QueueError),
-    /// A countdown longer than a queue can delay.
-    #[error("countdown of {0:?} is over the queue's 900 s delay limit")]
-    CountdownTooLong(Duration),
+    /// Both a countdown and an eta.
+    #[error("give a countdown or an eta, not both")]
+    CountdownAndEta,
     /// The state store failed (nothing was sent).
     #[error("could not record the task")]
     Store(#[from] StoreError),
@@ -48,8 +48,10 @@ pub struct SendOptions {
     pub queue: Option<String>,
     /// Use this id instead of a new one.
     pub task_id: Option<Uuid>,
-    /// Delay before it can run.
-    pub countdown: Option<Duration>,
+    /// Delay before it can run (negative: now).
+    pub countdown: Option<chrono::Duration>,
+    /// Do not run before this time (past: now).
+    pub eta: Option<DateTime<Utc>>,
     /// Do not run after this time.
     pub expires: Option<DateTime<Utc>>,
     /// The task sending this one.
@@ -95,11 +97,16 @@ impl Client {
             queue: queue_name.clone(),
             known: self.manifest.queue_names().join(", "),
         })?;
-        let delay = options.countdown.unwrap_or_default();
-        if delay > MAX_DELAY {
-            return Err(SendError::CountdownTooLong(delay));
-        }
         let mut envelope = Envelope::new(task, args, kwargs);
+        let now = envelope.sent_at.unwrap_or_else(Utc::now);
+        let due = match (options.countdown, options.eta) {
+            (Some(_), Some(_)) => return Err(SendError::CountdownAndEta),
+            (Some(countdown), None) => Some(now + countdown),
+            (None, eta) => eta,
+        }
+        .filter(|due| *due > now);
+        // One SQS delay holds 900 s; a later task carries its eta and is re-delayed until due.
+        let delay = due.map_or(Duration::ZERO, |due| (due - now).to_std().unwrap_or_default().min(MAX_DELAY));
         if let Some(id) = options.task_id {
             envelope.id = id;
         }
@@ -107,9 +114,7 @@ impl Client {
         envelope.parent_id = options.parent_id;
         envelope.root_id = options.root_id.or(options.parent_id);
         envelope.origin = Some(self.origin.clone());
-        if !delay.is_zero() {
-            envelope.eta = envelope.sent_at.map(|t| t + chrono::Duration::from_std(delay).unwrap_or_default());
-        }
+        envelope.eta = due;
         let body = envelope.to_body();
         check_size(pair.queue.as_ref(), &body).map_err(SendError::TooLarge)?;
 

@@ -40,12 +40,16 @@ struct Inner {
     reporter: Mutex<Reporter>,
 }
 
+/// How often `is_revoked` reads the store at most.
+const REVOKE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Reporter {
     last_write: Option<Instant>,
     pending: Option<ProgressUpdate>,
     flush_scheduled: bool,
     finished: bool,
+    revoke_checked: Option<(Instant, bool)>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -140,6 +144,30 @@ impl TaskContext {
             SendError::Store(_) | SendError::Queue(_) => TaskError::retryable("SendFailed", e.to_string()),
             other => TaskError::permanent("SendFailed", other.to_string()),
         })
+    }
+
+    /// Whether an operator revoked this task while it runs (`taskbeat revoke ID`). A task that
+    /// checks it can stop early; returning then is recorded as nothing more: the record stays
+    /// REVOKED. Reads the store at most once a second.
+    pub async fn is_revoked(&self) -> bool {
+        if let Some((at, revoked)) = self.lock().revoke_checked {
+            if revoked || at.elapsed() < REVOKE_CHECK_INTERVAL {
+                return revoked;
+            }
+        }
+        let revoked = match self.inner.store.get(self.inner.id).await {
+            Ok(Some(record)) => record.state == TaskState::Revoked,
+            _ => false,
+        };
+        self.lock().revoke_checked = Some((Instant::now(), revoked));
+        revoked
+    }
+
+    /// Celery's `self.retry(countdown=..., max_retries=...)`: return the error it gives
+    /// (`return Err(ctx.retry(...))`) and the task runs again, with the same id, after
+    /// `countdown` (default: the task's `retry_delay`).
+    pub fn retry(&self, reason: impl Into<String>, countdown: Option<Duration>, max_retries: Option<u32>) -> TaskError {
+        TaskError::RetryRequested { info: crate::record::ErrorInfo::new("Retry", reason), countdown, max_retries }
     }
 
     /// Time left before this run is stopped.

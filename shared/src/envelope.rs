@@ -160,10 +160,17 @@ impl Envelope {
         Some((id, task))
     }
 
-    /// The JSON body as sent on the queue.
+    /// The JSON body as sent on the queue. Every character SQS refuses in a message body
+    /// (U+FFFE, U+FFFF, and controls, which JSON escapes anyway) is written as a `\u` escape,
+    /// so any text round-trips exactly.
     pub fn to_body(&self) -> String {
         // Serializing plain data with string keys cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let json = serde_json::to_string(self).unwrap_or_default();
+        if !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+            return json;
+        }
+        // Outside strings JSON has only ASCII, so these can only be inside strings.
+        json.replace('\u{FFFE}', "\\ufffe").replace('\u{FFFF}', "\\uffff")
     }
 }
 
@@ -190,6 +197,18 @@ mod tests {
         env.origin = Some("test".into());
         let parsed = Envelope::parse(&env.to_body()).unwrap();
         assert_eq!(parsed, env);
+    }
+
+    #[test]
+    fn any_text_round_trips_and_the_body_is_sqs_safe() {
+        let nasty = "\u{0}\u{1}\u{7}\t\r\n\u{7f}\u{FFFE}\u{FFFF}\u{FFFD}\u{10FFFF}处理中 🚀 \"quoted\" \\ back";
+        let env = Envelope::new("t", vec![json!(nasty)], Map::from_iter([(nasty.to_owned(), json!([nasty]))]));
+        let body = env.to_body();
+        // SQS: #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF
+        assert!(body.chars().all(
+            |c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+        ));
+        assert_eq!(Envelope::parse(&body).unwrap(), env);
     }
 
     #[test]

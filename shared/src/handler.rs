@@ -15,6 +15,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
@@ -22,7 +23,7 @@ use crate::client::Client;
 use crate::context::{ContextParts, DEFAULT_PROGRESS_INTERVAL, TaskContext};
 use crate::envelope::Envelope;
 use crate::queue::{OutgoingMessage, TaskQueue, dead_letter_attributes};
-use crate::record::ErrorInfo;
+use crate::record::{ErrorInfo, TaskRecord};
 use crate::registry::{Registry, TaskError};
 use crate::state::TaskState;
 use crate::store::{ClaimOutcome, ClaimRequest, Completion, StateStore, StoreError};
@@ -69,6 +70,7 @@ pub struct BatchHandler {
     queue: String,
     options: HandlerOptions,
     client: Option<Client>,
+    source: Option<Arc<dyn TaskQueue>>,
 }
 
 impl BatchHandler {
@@ -81,11 +83,12 @@ impl BatchHandler {
         queue: impl Into<String>,
         options: HandlerOptions,
     ) -> Self {
-        BatchHandler { registry, store, dead_letters, queue: queue.into(), options, client: None }
+        BatchHandler { registry, store, dead_letters, queue: queue.into(), options, client: None, source: None }
     }
 
     /// Lets tasks send child tasks and read the manifest's queues (`ctx.send`, `ctx.client`).
     pub fn with_client(mut self, client: Client) -> Self {
+        self.source = client.backend().queue(&self.queue).map(|pair| pair.queue.clone());
         self.client = Some(client);
         self
     }
@@ -158,14 +161,27 @@ impl BatchHandler {
             tracing::info!(transition = "REVOKED", reason = "expired", "task not run");
             return self.record_completion(&completion).await;
         }
+        if let Some(eta) = envelope.eta {
+            // Not due yet (an eta or countdown beyond what one SQS delay holds): back to the
+            // queue until it is, without claiming it.
+            let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+            if wait > Duration::from_millis(500) {
+                self.delay_redelivery(record, wait).await;
+                return RecordOutcome::HandBack(format!("not due until {eta}"));
+            }
+        }
 
         let options = spec.options();
         let time_limit = options.time_limit.unwrap_or(self.options.default_time_limit);
         let now = Instant::now();
-        let run_until = match deadline {
-            Some(deadline) => (now + time_limit).min(deadline.checked_sub(self.options.safety_margin).unwrap_or(now)),
+        let function_end = deadline.map(|d| d.checked_sub(self.options.safety_margin).unwrap_or(now));
+        let run_until = match function_end {
+            Some(end) => (now + time_limit).min(end),
             None => now + time_limit,
         };
+        // Stopped by the function's remaining time rather than the task's own limit: not the
+        // task's fault, so it is retried.
+        let cut_by_function = function_end.is_some_and(|end| end < now + time_limit);
         let lease = run_until.saturating_duration_since(now) + self.options.safety_margin;
         let claim = ClaimRequest {
             id: envelope.id,
@@ -184,7 +200,7 @@ impl BatchHandler {
                 return RecordOutcome::HandBack(format!("task is running elsewhere (lease until {lease_until})"));
             }
             Ok(ClaimOutcome::Finished(state)) => {
-                tracing::info!(state = %state, "duplicate delivery of a finished task acknowledged");
+                tracing::info!(state = %state, "delivery of a finished or revoked task acknowledged without running");
                 return RecordOutcome::Done;
             }
             Err(e) => return RecordOutcome::HandBack(format!("claim failed: {e}")),
@@ -209,39 +225,63 @@ impl BatchHandler {
         let result = match tokio::time::timeout_at(run_until, body).await {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => Err(TaskError::permanent("panic", panic_message(panic.as_ref()))),
+            Err(_) if cut_by_function => Err(TaskError::retryable(
+                "FunctionTimeout",
+                format!("stopped after {:.1} s, before the function's deadline", started.elapsed().as_secs_f64()),
+            )),
             Err(_) => Err(TaskError::permanent(
                 "TimeLimitExceeded",
                 format!(
-                    "stopped after {:.1} s: over its time limit or the function's remaining time",
+                    "stopped after {:.1} s: over its time limit of {time_limit:?}",
                     started.elapsed().as_secs_f64()
                 ),
             )),
         };
+        let result = result.and_then(|value| check_result_size(&claimed, value));
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Success);
         completion.last_progress = ctx.finish_reporting();
-        let hand_back = match result {
-            Ok(value) => {
-                completion.result = Some(value);
-                None
-            }
-            Err(error) if error.is_retryable() && claimed.retries < options.max_retries => {
-                completion.state = TaskState::Retry;
-                completion.retries = Some(claimed.retries + 1);
-                completion.error = Some(error.info().clone());
-                // The kind only: a task's message may quote its arguments, and logs never carry them.
-                Some(format!("retry {} of {} ({})", claimed.retries + 1, options.max_retries, error.info().kind))
-            }
+        let mut retry_in = None;
+        match result {
+            Ok(value) => completion.result = Some(value),
             Err(error) => {
-                completion.state = TaskState::Failure;
                 completion.error = Some(error.info().clone());
-                None
+                match options.retry_delay_for(&error, claimed.retries) {
+                    Some(delay) => {
+                        completion.state = TaskState::Retry;
+                        completion.retries = Some(claimed.retries + 1);
+                        retry_in = Some(delay);
+                    }
+                    None => completion.state = TaskState::Failure,
+                }
             }
-        };
-        tracing::info!(transition = %completion.state, duration_ms, error = completion.error.as_ref().map(|e| e.kind.as_str()), "task finished");
-        match (self.record_completion(&completion).await, hand_back) {
-            (RecordOutcome::Done, Some(reason)) => RecordOutcome::HandBack(reason),
+        }
+        tracing::info!(
+            transition = %completion.state,
+            duration_ms,
+            error = completion.error.as_ref().map(|e| e.kind.as_str()),
+            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+            "task finished"
+        );
+        match (self.record_completion(&completion).await, retry_in) {
+            (RecordOutcome::Done, Some(delay)) => {
+                self.delay_redelivery(record, delay).await;
+                // The kind only: a task's message may quote its arguments, and logs never carry them.
+                let kind = completion.error.as_ref().map_or("", |e| e.kind.as_str());
+                RecordOutcome::HandBack(format!("retry {} in {delay:?} ({kind})", claimed.retries + 1))
+            }
             (outcome, _) => outcome,
+        }
+    }
+
+    /// Keeps a handed-back message hidden for `delay` (at most SQS's 12 h visibility), so that
+    /// SQS delivers it again then: the retry keeps the task's id and message.
+    async fn delay_redelivery(&self, record: &SqsMessage, delay: Duration) {
+        let (Some(source), Some(receipt)) = (&self.source, record.receipt_handle.as_deref()) else { return };
+        let delay = delay.min(MAX_VISIBILITY);
+        if let Err(e) = source.change_visibility(receipt, delay).await {
+            // Still redelivered, after the queue's own visibility timeout.
+            tracing::warn!(error = %e, "could not set the redelivery delay");
         }
     }
 
@@ -293,6 +333,27 @@ impl BatchHandler {
 struct DeadLetterReason {
     full: String,
     loggable: String,
+}
+
+/// The longest a received SQS message can stay hidden.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// The most a task record holds (DynamoDB's item limit; the embedded store keeps the same).
+pub const MAX_RECORD_BYTES: usize = 400 * 1024;
+
+/// Refuses a result whose record would not fit, rather than lose it.
+fn check_result_size(record: &TaskRecord, value: Value) -> Result<Value, TaskError> {
+    let others = serde_json::to_string(record).map_or(0, |t| t.len());
+    let result = serde_json::to_string(&value).map_or(0, |t| t.len());
+    if others + result > MAX_RECORD_BYTES {
+        return Err(TaskError::permanent(
+            "ResultTooLarge",
+            format!(
+                "result too large: {result} bytes, and the task record holds at most {MAX_RECORD_BYTES} bytes in all \
+                 ({others} taken by the rest of the record); store large results elsewhere (S3) and return a reference"
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

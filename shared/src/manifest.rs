@@ -82,6 +82,18 @@ pub struct Module {
     /// Seconds the event source gathers records before invoking (SQS batching window, 0-300).
     #[serde(default)]
     pub batching_window: u16,
+    /// Environment variables its tasks read (`APP_API_BASE`): template parameters on deploy.
+    #[serde(default)]
+    pub settings: Vec<String>,
+    /// Settings that are secrets: deployed from Secrets Manager, never as plain parameters.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Queues its tasks send child tasks to (`ctx.send`): the template grants sending there.
+    #[serde(default)]
+    pub sends_to: Vec<String>,
+    /// Its tasks read the depth of every queue and DLQ: the template grants exactly that.
+    #[serde(default)]
+    pub inspects_queues: bool,
 }
 
 fn default_batch_size() -> u16 {
@@ -145,24 +157,76 @@ pub struct Route {
     pub queue: String,
 }
 
-/// A crontab field as Celery takes it: a number or a string (`"*/10"`, `"mon-fri"`, `"0,30"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// A crontab field as Celery takes it: a number, a string (`"*/10"`, `"mon-fri"`, `"0,30"`), or
+/// a list of numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CronField {
     /// A single number.
-    Number(u32),
+    Number(i64),
     /// Celery's string syntax.
     Text(String),
+    /// A list of numbers (Celery takes any iterable of ints).
+    List(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for CronField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CronField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, a Celery crontab string such as \"*/10\" or \"mon-fri\", or a list of numbers")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CronField, E> {
+                Ok(CronField::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CronField, E> {
+                i64::try_from(v).map(CronField::Number).map_err(|_| E::custom("number too large"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CronField, E> {
+                Ok(CronField::Text(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CronField, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<i64>()? {
+                    values.push(v);
+                }
+                Ok(CronField::List(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// An interval schedule: seconds, or a number with a unit (`"90s"`, `"5m"`, `"1h"`, `"1d"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interval {
     /// Seconds.
-    Seconds(u64),
+    Seconds(i64),
     /// A number with a unit.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Interval;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("seconds (300) or a number with a unit (\"5m\", \"1h\", \"1d\")")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Interval, E> {
+                Ok(Interval::Seconds(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Interval, E> {
+                i64::try_from(v).map(Interval::Seconds).map_err(|_| E::custom("number too large"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Interval, E> {
+                Ok(Interval::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A beat schedule (one `CELERYBEAT_SCHEDULE` entry), deployed as an EventBridge rule.

@@ -34,6 +34,16 @@ pub enum TaskError {
     /// A passing failure with a known wait (a `Retry-After`).
     #[error("{}: {} (retry after {:?})", .0.kind, .0.message, .1)]
     RetryAfter(ErrorInfo, Duration),
+    /// The task asked to run again (`ctx.retry`, Celery's `self.retry`).
+    #[error("{}: {}", .info.kind, .info.message)]
+    RetryRequested {
+        /// Why.
+        info: ErrorInfo,
+        /// Wait this long first (default: the task's `retry_delay`).
+        countdown: Option<Duration>,
+        /// Retries allowed, instead of the task's `max_retries`.
+        max_retries: Option<u32>,
+    },
 }
 
 impl TaskError {
@@ -55,7 +65,10 @@ impl TaskError {
     /// The error as recorded.
     pub fn info(&self) -> &ErrorInfo {
         match self {
-            TaskError::Permanent(info) | TaskError::Retryable(info) | TaskError::RetryAfter(info, _) => info,
+            TaskError::Permanent(info)
+            | TaskError::Retryable(info)
+            | TaskError::RetryAfter(info, _)
+            | TaskError::RetryRequested { info, .. } => info,
         }
     }
 
@@ -68,18 +81,61 @@ impl TaskError {
 type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 type HandlerFn = dyn Fn(TaskContext, Value) -> TaskFuture + Send + Sync;
 
-/// Per-task settings (Celery's task options).
+/// Per-task settings (Celery's task options), with Celery's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
-    /// Retries before a retryable failure becomes FAILURE.
+    /// Retries before a retryable failure becomes FAILURE (`max_retries`, 3).
     pub max_retries: u32,
     /// The longest one run may take; `None` uses the module's default.
     pub time_limit: Option<Duration>,
+    /// The first retry's delay, doubled at each retry (`default_retry_delay`, 180 s).
+    pub retry_delay: Duration,
+    /// The longest backoff (`retry_backoff_max`, 600 s).
+    pub retry_backoff_max: Duration,
+    /// Randomize backoffs (full jitter, as Celery's `retry_jitter`).
+    pub retry_jitter: bool,
+    /// Error kinds retried even when permanent (`autoretry_for`).
+    pub autoretry_for: &'static [&'static str],
 }
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { max_retries: DEFAULT_MAX_RETRIES, time_limit: None }
+        TaskOptions {
+            max_retries: DEFAULT_MAX_RETRIES,
+            time_limit: None,
+            retry_delay: Duration::from_secs(180),
+            retry_backoff_max: Duration::from_secs(600),
+            retry_jitter: true,
+            autoretry_for: &[],
+        }
+    }
+}
+
+impl TaskOptions {
+    /// When `error` ends run number `retries + 1`: the delay before the next run, or `None`
+    /// when it is not retried (permanent, or retries exhausted).
+    pub fn retry_delay_for(&self, error: &TaskError, retries: u32) -> Option<Duration> {
+        let (max_retries, delay) = match error {
+            TaskError::Permanent(info) if !self.autoretry_for.contains(&info.kind.as_str()) => return None,
+            TaskError::Permanent(_) | TaskError::Retryable(_) => (self.max_retries, self.backoff(retries)),
+            TaskError::RetryAfter(_, after) => (self.max_retries, *after),
+            TaskError::RetryRequested { countdown, max_retries, .. } => {
+                (max_retries.unwrap_or(self.max_retries), countdown.unwrap_or(self.retry_delay))
+            }
+        };
+        (retries < max_retries).then_some(delay)
+    }
+
+    /// Exponential backoff: `retry_delay * 2^retries`, capped, with full jitter.
+    fn backoff(&self, retries: u32) -> Duration {
+        let exponential = self.retry_delay.saturating_mul(2u32.saturating_pow(retries.min(31)));
+        let capped = exponential.min(self.retry_backoff_max);
+        if !self.retry_jitter {
+            return capped;
+        }
+        let millis = u64::try_from(capped.as_millis()).unwrap_or(u64::MAX);
+        // At least a second: a zero delay would retry in a hot loop.
+        Duration::from_millis(fastrand::u64(0..=millis)).max(Duration::from_secs(1).min(capped))
     }
 }
 
@@ -241,6 +297,35 @@ pub fn bind_args(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn retry_delays_follow_celery() {
+        let fixed = TaskOptions { retry_jitter: false, ..TaskOptions::default() };
+        let busy = TaskError::retryable("Upstream", "503");
+        let delays: Vec<_> = (0..4).map(|n| fixed.retry_delay_for(&busy, n)).collect();
+        assert_eq!(
+            delays,
+            vec![Some(Duration::from_secs(180)), Some(Duration::from_secs(360)), Some(Duration::from_secs(600)), None]
+        );
+        let jittered = TaskOptions::default();
+        for n in 0..3 {
+            let d = jittered.retry_delay_for(&busy, n).unwrap();
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(600), "{d:?}");
+        }
+        let after = TaskError::retry_after("RateLimited", "429", Duration::from_secs(7));
+        assert_eq!(fixed.retry_delay_for(&after, 0), Some(Duration::from_secs(7)));
+        let permanent = TaskError::permanent("BadInput", "no");
+        assert_eq!(fixed.retry_delay_for(&permanent, 0), None);
+        let auto = TaskOptions { autoretry_for: &["BadInput"], ..fixed };
+        assert_eq!(auto.retry_delay_for(&permanent, 0), Some(Duration::from_secs(180)));
+        let asked = TaskError::RetryRequested {
+            info: ErrorInfo::new("Retry", "later"),
+            countdown: Some(Duration::from_secs(5)),
+            max_retries: Some(10),
+        };
+        assert_eq!(fixed.retry_delay_for(&asked, 9), Some(Duration::from_secs(5)));
+        assert_eq!(fixed.retry_delay_for(&asked, 10), None);
+    }
 
     #[test]
     fn binds_like_python() {

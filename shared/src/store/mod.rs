@@ -186,6 +186,20 @@ pub trait StateStore: Send + Sync + Debug {
     /// Lists records through an index, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
 
+    /// Celery's `revoke(id)`: marks a task REVOKED unless it is finished. A pending task is then
+    /// never started; a running one sees it through `ctx.is_revoked()`, and its end is not
+    /// recorded over REVOKED. Returns the state it had.
+    async fn revoke(&self, id: Uuid, reason: &str) -> Result<TaskState, StoreError> {
+        let record = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        if record.state.is_terminal() {
+            return Err(StoreError::Terminal { id, state: record.state });
+        }
+        let mut completion = Completion::new(id, &record.task, &record.queue, TaskState::Revoked);
+        completion.error = Some(ErrorInfo::new("Revoked", reason));
+        self.complete(&completion).await?;
+        Ok(record.state)
+    }
+
     /// Takes the marker `key` for `ttl` when no live one exists (one conditional write): true
     /// when taken, false when another holder's marker is still live. For deduplication
     /// (an alert's dedup key within a window) and other once-per-window work.

@@ -267,9 +267,12 @@ async fn time_limits_stop_the_task_and_record_it_before_the_deadline() {
     let near = self::rig(HandlerOptions { safety_margin: Duration::from_millis(100), ..HandlerOptions::default() });
     let slow_again = envelope("t.slow", vec![]);
     let deadline = Instant::now() + Duration::from_millis(250);
-    run(&near, &[("s", slow_again.to_body())], Some(deadline)).await;
+    let failed = run(&near, &[("s", slow_again.to_body())], Some(deadline)).await;
     assert!(Instant::now() < deadline, "recorded before the deadline");
-    assert_eq!(record(&near, slow_again.id).await.state, TaskState::Failure);
+    // Cut short by the function, not by its own limit: retried, never left STARTED.
+    let r = record(&near, slow_again.id).await;
+    assert_eq!((r.state, r.error.unwrap().kind.as_str()), (TaskState::Retry, "FunctionTimeout"));
+    assert_eq!(failed, vec!["s".to_owned()]);
 }
 
 #[tokio::test]

@@ -3,3 +3,4 @@
 
 mod handler;
 mod schema;
+mod semantics;
