@@ -150,10 +150,10 @@ impl TaskContext {
     /// checks it can stop early; returning then is recorded as nothing more: the record stays
     /// REVOKED. Reads the store at most once a second.
     pub async fn is_revoked(&self) -> bool {
-        if let Some((at, revoked)) = self.lock().revoke_checked {
-            if revoked || at.elapsed() < REVOKE_CHECK_INTERVAL {
-                return revoked;
-            }
+        if let Some((at, revoked)) = self.lock().revoke_checked
+            && (revoked || at.elapsed() < REVOKE_CHECK_INTERVAL)
+        {
+            return revoked;
         }
         let revoked = match self.inner.store.get(self.inner.id).await {
             Ok(Some(record)) => record.state == TaskState::Revoked,
