@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod aws_path;
+mod conformance;
 mod local_runtime;
