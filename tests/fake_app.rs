@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Default)]
 pub struct Calls {
+    /// GETs of each user: how many times a task body fetched it.
+    pub gets: std::collections::HashMap<String, usize>,
     pub outcomes: Vec<(String, Value)>,
     pub deactivated: Vec<String>,
     pub inactive_queries: Vec<(u32, Option<String>)>,
@@ -94,6 +96,7 @@ pub fn spawn_detached(options: Options) -> FakeApp {
 }
 
 async fn user(State(state): State<AppState>, Path(id): Path<String>) -> (StatusCode, Json<Value>) {
+    *state.calls.lock().unwrap().gets.entry(id.clone()).or_default() += 1;
     tokio::time::sleep(state.delay).await;
     if id.starts_with("missing") {
         return (StatusCode::NOT_FOUND, Json(json!({ "error": "no such user" })));

@@ -285,14 +285,26 @@ impl BatchHandler {
         }
     }
 
+    /// Writes the end of a run. A passing store failure (throttling, a blip) is retried a few
+    /// times here, since handing the message back would run the body again.
     async fn record_completion(&self, completion: &Completion) -> RecordOutcome {
-        match self.store.complete(completion).await {
-            Ok(()) => RecordOutcome::Done,
-            Err(StoreError::Terminal { state, .. }) => {
-                tracing::info!(state = %state, "already finished; the record keeps its state");
-                RecordOutcome::Done
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store.complete(completion).await {
+                Ok(()) => return RecordOutcome::Done,
+                Err(StoreError::Terminal { state, .. }) => {
+                    tracing::info!(state = %state, "already finished; the record keeps its state");
+                    return RecordOutcome::Done;
+                }
+                Err(e @ (StoreError::Throttled(_) | StoreError::Backend(_))) if attempt < COMPLETION_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "recording the end of a run failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Err(e) => return RecordOutcome::HandBack(format!("could not record {}: {e}", completion.state)),
             }
-            Err(e) => RecordOutcome::HandBack(format!("could not record {}: {e}", completion.state)),
         }
     }
 
@@ -334,6 +346,9 @@ struct DeadLetterReason {
     full: String,
     loggable: String,
 }
+
+/// Tries at writing the end of a run before the message is handed back.
+const COMPLETION_ATTEMPTS: u32 = 4;
 
 /// The longest a received SQS message can stay hidden.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);

@@ -4,4 +4,5 @@
 
 mod aws_path;
 mod conformance;
+mod faults;
 mod local_runtime;
