@@ -209,7 +209,7 @@ impl FaultyStore {
         if n % self.every == self.every - 1 {
             self.injected.fetch_add(1, Ordering::SeqCst);
             self.log.lock().unwrap().push(op);
-            return Err(if n % 2 == 0 {
+            return Err(if n.is_multiple_of(2) {
                 StoreError::Throttled(format!("injected throttling in {op}"))
             } else {
                 StoreError::Backend(format!("injected failure in {op}"))
