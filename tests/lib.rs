@@ -4,3 +4,6 @@
 
 pub mod emulator;
 pub mod fake_app;
+pub mod fake_nft;
+pub mod fake_openai;
+pub mod fake_webhook;

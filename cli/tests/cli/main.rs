@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use taskbeat_e2e::fake_app;
 
+mod schedules;
+
 const BIN: &str = env!("CARGO_BIN_EXE_taskbeat");
 
 fn taskbeat(dir: &Path, args: &[&str]) -> Output {
@@ -208,4 +210,80 @@ fn local_and_send_on_aws_through_the_emulator() {
     assert_eq!(record["state"], "SUCCESS");
     assert_eq!(record["result"]["failed"][0]["id"], "missing-2");
     assert!(stderr.contains("DynamoDB table"), "{stderr}");
+}
+
+/// SIGKILL `taskbeat local` at random moments while 500 tasks run, restart it, until all are
+/// finished: every task ends SUCCESS, none lost or stuck, and bodies run again only where a
+/// kill interrupted them.
+#[test]
+fn killing_local_at_random_loses_nothing() {
+    let app = fake_app::spawn_detached(fake_app::Options { delay: Duration::from_millis(20), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    // A short timeout so killed batches come back quickly (visibility = 6 x timeout = 12 s).
+    let manifest_text = "[project]\nname = \"kill\"\n\n[modules.user]\ncrate = \"taskbeat-user\"\nqueue = \"default\"\n\
+                         timeout = 2\nmax_concurrency = 4\n\n[queues.default]\nmax_receive_count = 100\n";
+    std::fs::write(dir.path().join("taskbeat.toml"), manifest_text).unwrap();
+    let manifest = taskbeat::manifest::Manifest::parse(manifest_text, "test").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = taskbeat::backend::Backend::embedded(&manifest, &dir.path().join(".taskbeat")).unwrap();
+    let client = taskbeat::Client::new(std::sync::Arc::new(manifest), backend.clone(), "kill-test");
+    let total = 500;
+    let ids: Vec<uuid::Uuid> = runtime.block_on(async {
+        let mut ids = Vec::new();
+        for i in 0..total {
+            let args = vec![serde_json::json!([format!("k{i}")]), serde_json::json!("recompute")];
+            ids.push(
+                client
+                    .send("app.schedules.user_task.process_users", args, Default::default(), Default::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        ids
+    });
+    let states = || -> std::collections::BTreeMap<String, usize> {
+        runtime.block_on(async {
+            let mut counts = std::collections::BTreeMap::new();
+            for id in &ids {
+                let state = backend.store.get(*id).await.unwrap().unwrap().state.to_string();
+                *counts.entry(state).or_insert(0) += 1;
+            }
+            counts
+        })
+    };
+    let mut kills = 0;
+    let mut seed: u64 = 0x5eed;
+    let started = Instant::now();
+    loop {
+        let mut local = start_local(dir.path(), &app.base());
+        let finished = |counts: &std::collections::BTreeMap<String, usize>| counts.get("SUCCESS") == Some(&total);
+        if kills < 4 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 600));
+            local.kill().unwrap();
+            local.wait().unwrap();
+            kills += 1;
+            continue;
+        }
+        // Last run: let it finish.
+        while !finished(&states()) {
+            assert!(started.elapsed() < Duration::from_secs(120), "not finished: {:?}", states());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        interrupt(&mut local);
+        break;
+    }
+    let counts = states();
+    assert_eq!(counts.get("SUCCESS"), Some(&total), "{counts:?}");
+    let gets = app.calls.lock().unwrap().gets.clone();
+    let runs: usize = (0..total).map(|i| gets.get(&format!("k{i}")).copied().unwrap_or(0)).sum();
+    assert!((0..total).all(|i| gets.get(&format!("k{i}")).copied().unwrap_or(0) >= 1), "every body ran");
+    let reruns = runs - total;
+    let rerun_tasks = (0..total).filter(|i| gets.get(&format!("k{i}")).copied().unwrap_or(0) > 1).count();
+    // At most the batches in flight at each kill: 4 pollers x 10 records.
+    assert!(rerun_tasks <= kills * 40, "{rerun_tasks} tasks ran again after {kills} kills");
+    println!(
+        "kill test: {total} tasks, {kills} SIGKILLs, 0 lost, 0 stuck, {total} SUCCESS, {reruns} re-runs of {rerun_tasks} tasks, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
