@@ -1,7 +1,9 @@
 //! `taskbeat`: the operator CLI and `taskbeat local`.
 
+mod infra;
 mod modules;
 mod output;
+mod schedules;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ enum Command {
     },
     /// Follow a task until it finishes; exit code 0 on SUCCESS, 1 otherwise.
     Watch(WatchArgs),
+    /// Deployment: `infra render` writes infra/template.yaml (AWS SAM) from the manifest.
+    Infra(infra::InfraArgs),
+    /// Beat schedules: expressions and next fire times; `run`, `enable`, `disable` one.
+    Schedules(schedules::SchedulesArgs),
     /// Revoke a task: a pending one never starts, a running one is told (ctx.is_revoked()).
     Revoke {
         /// Task id.
@@ -81,6 +87,10 @@ struct LocalArgs {
     /// With --aws: create the table and queues first where missing (for the emulator).
     #[arg(long)]
     create_resources: bool,
+    /// Do not fire the manifest's schedules (with --aws they never fire here: the deployed
+    /// EventBridge rules do).
+    #[arg(long)]
+    no_schedules: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,13 +163,20 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<i32> {
+    // Rendering reads the manifest only: no store or queue is opened.
+    let command = match cli.command {
+        Command::Infra(args) => return infra::run(args, cli.global.manifest.as_deref()),
+        command => command,
+    };
     let setup = setup(&cli.global).await?;
-    match cli.command {
+    match command {
+        Command::Infra(_) => unreachable!("handled before the setup"),
         Command::Local(args) => local(setup, args, cli.global.aws).await,
         Command::Send(args) => send(setup, args, cli.global.output).await,
         Command::Status { id } => status(setup, id, cli.global.output).await,
         Command::Revoke { id } => revoke(setup, id, cli.global.output).await,
         Command::Watch(args) => watch(&setup, args.id, args.timeout.map(Duration::from_secs), cli.global.output).await,
+        Command::Schedules(args) => schedules::run(setup, args, cli.global.output, cli.global.aws).await,
     }
 }
 
@@ -226,9 +243,18 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
             pair.dead_letters.clone(),
             &module.queue,
             options,
-        );
-        let arn =
-            if aws { setup.manifest.sqs_queue_name(&module.queue) } else { LocalWorker::local_arn(&module.queue) };
+        )
+        .with_client(Client::new(
+            setup.manifest.clone(),
+            setup.backend.clone(),
+            format!("taskbeat-local@{}", hostname()),
+        ));
+        // The ARN Lambda would put in events: the queue's SQS name on AWS.
+        let arn = if aws {
+            LocalWorker::local_arn(&setup.manifest.sqs_queue_name(&module.queue))
+        } else {
+            LocalWorker::local_arn(&module.queue)
+        };
         workers.push(LocalWorker {
             module: name.clone(),
             queue: pair.queue.clone(),
@@ -248,9 +274,11 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     eprintln!(
         "  try:      taskbeat send app.schedules.user_task.process_users --args '[[\"u1\",\"u2\",\"u3\"],\"recompute\"]' --wait"
     );
+    let beat = schedules::local_beat(&setup, args.no_schedules, aws)?;
     eprintln!("  Ctrl-C stops: in-flight tasks get {} s to finish, then go back to their queue.", args.grace);
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let beat = beat.map(|beat| tokio::spawn(beat.run(phase_rx.clone())));
     let runtime = tokio::spawn(taskbeat::local::run(workers, phase_rx));
     tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
     eprintln!(
@@ -265,6 +293,9 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     }
     let _ = phase_tx.send(Phase::Abandon);
     let _ = runtime.await;
+    if let Some(beat) = beat {
+        let _ = beat.await;
+    }
     eprintln!("taskbeat local: stopped");
     Ok(0)
 }

@@ -54,8 +54,10 @@ impl Backend {
             let dlq_name = embedded_dlq_name(name);
             let redrive =
                 Redrive { dead_letter_queue: dlq_name.clone(), max_receive_count: settings.max_receive_count };
-            let queue: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db.clone(), name, Some(redrive)));
-            let dead_letters: Arc<dyn TaskQueue> = Arc::new(SqliteQueue::new(db.clone(), dlq_name, None));
+            let queue: Arc<dyn TaskQueue> =
+                Arc::new(SqliteQueue::new(db.clone(), name, Some(redrive)).fifo(settings.fifo));
+            let dead_letters: Arc<dyn TaskQueue> =
+                Arc::new(SqliteQueue::new(db.clone(), dlq_name, None).fifo(settings.fifo));
             queues.insert(name.to_owned(), QueuePair { queue, dead_letters });
         }
         let location = db.path().display().to_string();

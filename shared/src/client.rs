@@ -30,6 +30,11 @@ pub enum SendError {
     /// Over the queue's size limit (nothing was written).
     #[error(transparent)]
     TooLarge(QueueError),
+    /// A countdown or eta for a FIFO queue.
+    #[error(
+        "queue `{0}` is FIFO and cannot delay a message: drop the countdown/eta, or route the task to a standard queue"
+    )]
+    FifoDelay(String),
     /// Both a countdown and an eta.
     #[error("give a countdown or an eta, not both")]
     CountdownAndEta,
@@ -58,6 +63,8 @@ pub struct SendOptions {
     pub parent_id: Option<Uuid>,
     /// The first task of the chain.
     pub root_id: Option<Uuid>,
+    /// FIFO queues: the message group, in which order is kept (default: the task name).
+    pub group_id: Option<String>,
 }
 
 /// Sends tasks.
@@ -118,8 +125,19 @@ impl Client {
         let body = envelope.to_body();
         check_size(pair.queue.as_ref(), &body).map_err(SendError::TooLarge)?;
 
+        let mut message = OutgoingMessage { body, delay, ..Default::default() };
+        if pair.queue.is_fifo() {
+            if due.is_some() {
+                return Err(SendError::FifoDelay(queue_name));
+            }
+            // Order is kept per group; the task id makes a second send of it within five
+            // minutes a no-op.
+            message.group_id = Some(options.group_id.clone().unwrap_or_else(|| task.to_owned()));
+            message.deduplication_id = Some(envelope.id.to_string());
+        }
+
         self.backend.store.create(&TaskRecord::pending(&envelope, &queue_name)).await?;
-        let message = OutgoingMessage { body, delay, ..Default::default() };
+
         if let Err(e) = pair.queue.send(message).await {
             // Say so in the record rather than leave it PENDING forever.
             let mut completion = Completion::new(envelope.id, task, &queue_name, TaskState::Failure);

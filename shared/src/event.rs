@@ -6,6 +6,9 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 
 use crate::queue::ReceivedMessage;
 
+/// The record attribute naming a FIFO message's group, as Lambda delivers it.
+pub const MESSAGE_GROUP_ID: &str = "MessageGroupId";
+
 /// The account id used in ARNs of local queues.
 pub const LOCAL_ACCOUNT: &str = "000000000000";
 
@@ -28,6 +31,9 @@ pub fn sqs_event(queue_arn: &str, region: &str, messages: &[ReceivedMessage]) ->
                     m.first_received_at.unwrap_or(m.sent_at).timestamp_millis().to_string(),
                 ),
             ]);
+            if let Some(group) = &m.group_id {
+                record.attributes.insert(MESSAGE_GROUP_ID.to_owned(), group.clone());
+            }
             record.message_attributes = m
                 .attributes
                 .iter()

@@ -22,6 +22,8 @@ use tracing::{Instrument, info_span};
 use crate::client::Client;
 use crate::context::{ContextParts, DEFAULT_PROGRESS_INTERVAL, TaskContext};
 use crate::envelope::Envelope;
+use crate::event::MESSAGE_GROUP_ID;
+use crate::metrics::{BatchMetrics, MetricsSink, Outcome, RecordTally};
 use crate::queue::{OutgoingMessage, TaskQueue, dead_letter_attributes};
 use crate::record::{ErrorInfo, TaskRecord};
 use crate::registry::{Registry, TaskError};
@@ -71,6 +73,7 @@ pub struct BatchHandler {
     options: HandlerOptions,
     client: Option<Client>,
     source: Option<Arc<dyn TaskQueue>>,
+    metrics: Option<MetricsSink>,
 }
 
 impl BatchHandler {
@@ -83,7 +86,22 @@ impl BatchHandler {
         queue: impl Into<String>,
         options: HandlerOptions,
     ) -> Self {
-        BatchHandler { registry, store, dead_letters, queue: queue.into(), options, client: None, source: None }
+        BatchHandler {
+            registry,
+            store,
+            dead_letters,
+            queue: queue.into(),
+            options,
+            client: None,
+            source: None,
+            metrics: None,
+        }
+    }
+
+    /// Writes each batch's metrics (CloudWatch Embedded Metric Format lines) to `sink`.
+    pub fn with_metrics(mut self, sink: MetricsSink) -> Self {
+        self.metrics = Some(sink);
+        self
     }
 
     /// Lets tasks send child tasks and read the manifest's queues (`ctx.send`, `ctx.client`).
@@ -102,22 +120,22 @@ impl BatchHandler {
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         let started = Instant::now();
         let total = event.records.len();
-        let outcomes: Vec<(String, RecordOutcome)> = futures::stream::iter(event.records)
-            .map(|record| async move {
-                let message_id = record.message_id.clone().unwrap_or_default();
-                let span = info_span!("record", message_id = %message_id, task_id = tracing::field::Empty, task = tracing::field::Empty);
-                let outcome = self.process(&record, deadline).instrument(span).await;
-                (message_id, outcome)
-            })
+        let outcomes: Vec<(String, RecordOutcome, RecordTally)> = futures::stream::iter(in_groups(event.records))
+            .map(|group| self.process_group(group, deadline))
             .buffer_unordered(self.options.concurrency.max(1))
-            .collect()
-            .await;
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let mut response = SqsBatchResponse::default();
-        for (message_id, outcome) in &outcomes {
+        let mut metrics = BatchMetrics::new(self.registry.module());
+        for (message_id, outcome, tally) in &outcomes {
             if let RecordOutcome::HandBack(reason) = outcome {
                 tracing::info!(message_id = %message_id, reason = %reason, "record handed back for redelivery");
                 response.add_failure(message_id.clone());
             }
+            metrics.add(tally, matches!(outcome, RecordOutcome::HandBack(_)));
         }
         tracing::info!(
             records = total,
@@ -125,18 +143,58 @@ impl BatchHandler {
             duration_ms = started.elapsed().as_millis() as u64,
             "batch done"
         );
+        if let Some(sink) = &self.metrics {
+            sink.emit(&metrics);
+        }
         response
+    }
+
+    /// Handles the records of one FIFO message group in order; once one is handed back, the
+    /// rest of its group is handed back unrun, so the group's order holds. A record of a
+    /// standard queue is a group of its own.
+    async fn process_group(
+        &self,
+        group: Vec<SqsMessage>,
+        deadline: Option<Instant>,
+    ) -> Vec<(String, RecordOutcome, RecordTally)> {
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut blocked = false;
+        for record in group {
+            let message_id = record.message_id.clone().unwrap_or_default();
+            if blocked {
+                let outcome = RecordOutcome::HandBack("an earlier message of its group was handed back".into());
+                outcomes.push((message_id, outcome, RecordTally::default()));
+                continue;
+            }
+            let span = info_span!("record", message_id = %message_id, task_id = tracing::field::Empty, task = tracing::field::Empty);
+            let mut tally = RecordTally::default();
+            let outcome = self.process_tallied(&record, deadline, &mut tally).instrument(span).await;
+            blocked = matches!(outcome, RecordOutcome::HandBack(_));
+            outcomes.push((message_id, outcome, tally));
+        }
+        outcomes
     }
 
     /// Handles one record.
     pub async fn process(&self, record: &SqsMessage, deadline: Option<Instant>) -> RecordOutcome {
+        self.process_tallied(record, deadline, &mut RecordTally::default()).await
+    }
+
+    /// Handles one record, noting in `tally` what its batch's metrics count.
+    async fn process_tallied(
+        &self,
+        record: &SqsMessage,
+        deadline: Option<Instant>,
+        tally: &mut RecordTally,
+    ) -> RecordOutcome {
         let body = record.body.as_deref().unwrap_or_default();
         let envelope = match Envelope::parse(body) {
             Ok(envelope) => envelope,
             Err(e) => {
                 let salvaged = Envelope::salvage_id(body);
                 let reason = DeadLetterReason { full: format!("malformed message: {e}"), loggable: e.summary() };
-                return self.dead_letter(record, reason, "MalformedMessage", salvaged).await;
+                let outcome = self.dead_letter(record, reason, "MalformedMessage", salvaged).await;
+                return tallied(outcome, tally, Outcome::DeadLettered);
             }
         };
         let span = tracing::Span::current();
@@ -152,22 +210,23 @@ impl BatchHandler {
             );
             let reason = DeadLetterReason { loggable: full.clone(), full };
             let task = Some((envelope.id, Some(envelope.task.clone())));
-            return self.dead_letter(record, reason, "UnknownTask", task).await;
+            return tallied(self.dead_letter(record, reason, "UnknownTask", task).await, tally, Outcome::DeadLettered);
         };
+        // A name the module registered: safe as a metric dimension (bounded).
+        tally.task = Some(envelope.task.clone());
 
         if let Some(expires) = envelope.expires.filter(|e| *e <= Utc::now()) {
             let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Revoked);
             completion.error = Some(ErrorInfo::new("Expired", format!("expired at {expires} before it ran")));
             tracing::info!(transition = "REVOKED", reason = "expired", "task not run");
-            return self.record_completion(&completion).await;
+            return tallied(self.record_completion(&completion).await, tally, Outcome::Revoked);
         }
         if let Some(eta) = envelope.eta {
             // Not due yet (an eta or countdown beyond what one SQS delay holds): back to the
             // queue until it is, without claiming it.
             let wait = (eta - Utc::now()).to_std().unwrap_or_default();
             if wait > Duration::from_millis(500) {
-                self.delay_redelivery(record, wait).await;
-                return RecordOutcome::HandBack(format!("not due until {eta}"));
+                return self.wait_until_due(record, wait, eta).await;
             }
         }
 
@@ -243,7 +302,9 @@ impl BatchHandler {
             )),
         };
         let result = result.and_then(|value| check_result_size(&claimed, value));
-        let duration_ms = started.elapsed().as_millis() as u64;
+        let ran_for = started.elapsed();
+        tally.duration = Some(ran_for);
+        let duration_ms = ran_for.as_millis() as u64;
         let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Success);
         completion.last_progress = ctx.finish_reporting();
         let mut retry_in = None;
@@ -268,7 +329,11 @@ impl BatchHandler {
             retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
             "task finished"
         );
-        match (self.record_completion(&completion).await, retry_in) {
+        let mut recorded = self.record_completion(&completion).await;
+        if let Some(outcome) = Outcome::of_run(completion.state) {
+            recorded = tallied(recorded, tally, outcome);
+        }
+        match (recorded, retry_in) {
             (RecordOutcome::Done, Some(delay)) => {
                 self.delay_redelivery(record, delay).await;
                 // The kind only: a task's message may quote its arguments, and logs never carry them.
@@ -277,6 +342,32 @@ impl BatchHandler {
             }
             (outcome, _) => outcome,
         }
+    }
+
+    /// A message not due yet: hand it back hidden until due (at most 12 h). Each hand-back
+    /// counts as a receive, so after one a fresh copy replaces it (receive count back to
+    /// zero): a far eta never reaches the queue's max receive count and the DLQ.
+    async fn wait_until_due(&self, record: &SqsMessage, wait: Duration, eta: chrono::DateTime<Utc>) -> RecordOutcome {
+        let received: u32 = record.attributes.get("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1);
+        if let Some(source) = self.source.as_ref().filter(|s| received > 1 && !s.is_fifo()) {
+            let attributes = record
+                .message_attributes
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+                .collect();
+            let copy = OutgoingMessage {
+                body: record.body.clone().unwrap_or_default(),
+                delay: wait.min(crate::queue::MAX_DELAY),
+                attributes,
+                ..OutgoingMessage::default()
+            };
+            match source.send(copy).await {
+                Ok(_) => return RecordOutcome::Done,
+                Err(e) => tracing::warn!(error = %e, "could not re-queue a task that is not due; handing it back"),
+            }
+        }
+        self.delay_redelivery(record, wait).await;
+        RecordOutcome::HandBack(format!("not due until {eta}"))
     }
 
     /// Keeps a handed-back message hidden for `delay` (at most SQS's 12 h visibility), so that
@@ -320,15 +411,27 @@ impl BatchHandler {
         kind: &str,
         task: Option<(uuid::Uuid, Option<String>)>,
     ) -> RecordOutcome {
-        tracing::warn!(reason = %reason.loggable, "dead-lettering record");
+        // The transition is the task record's, written below when the body carried a task id.
+        tracing::warn!(
+            reason = %reason.loggable,
+            error = kind,
+            transition = task.as_ref().map(|_| TaskState::Failure.as_str()),
+            "dead-lettering record"
+        );
         let mut attributes: BTreeMap<String, String> = dead_letter_attributes(&reason.full, &self.queue);
         for (name, value) in &record.message_attributes {
             if let Some(text) = &value.string_value {
                 attributes.entry(name.clone()).or_insert_with(|| text.clone());
             }
         }
-        let message =
-            OutgoingMessage { body: record.body.clone().unwrap_or_default(), delay: Duration::ZERO, attributes };
+        let message = OutgoingMessage {
+            body: record.body.clone().unwrap_or_default(),
+            delay: Duration::ZERO,
+            attributes,
+            // A FIFO queue's DLQ is FIFO too: keep the group, and deduplicate by message id.
+            group_id: Some(record.attributes.get(MESSAGE_GROUP_ID).cloned().unwrap_or_else(|| "dead-letters".into())),
+            deduplication_id: record.message_id.clone(),
+        };
         if let Err(e) = self.dead_letters.send(message).await {
             // Not lost: handed back, the queue's redrive policy moves it after its max receives.
             return RecordOutcome::HandBack(format!("dead-letter queue unavailable ({e}); {}", reason.loggable));
@@ -345,11 +448,40 @@ impl BatchHandler {
     }
 }
 
+/// Notes `what` in the record's tally when the record is done with (a record handed back is
+/// counted as that instead).
+fn tallied(outcome: RecordOutcome, tally: &mut RecordTally, what: Outcome) -> RecordOutcome {
+    if outcome == RecordOutcome::Done {
+        tally.outcome = Some(what);
+    }
+    outcome
+}
+
 /// Why a record is dead-lettered: in full for the dead letter and the record, and without any
 /// value from the body for the logs.
 struct DeadLetterReason {
     full: String,
     loggable: String,
+}
+
+/// The batch's records by FIFO message group, in arrival order; records without a group (a
+/// standard queue) each form their own.
+fn in_groups(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
+    let mut groups: Vec<Vec<SqsMessage>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for record in records {
+        match record.attributes.get(MESSAGE_GROUP_ID).cloned() {
+            Some(group) => match index.get(&group) {
+                Some(&at) => groups[at].push(record),
+                None => {
+                    index.insert(group, groups.len());
+                    groups.push(vec![record]);
+                }
+            },
+            None => groups.push(vec![record]),
+        }
+    }
+    groups
 }
 
 /// Tries at writing the end of a run before the message is handed back.

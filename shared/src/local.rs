@@ -1,6 +1,8 @@
 //! `taskbeat local`: one worker per module polling its queue, building the `SqsEvent` Lambda
 //! would deliver, calling the same batch handler, and deleting what the batch response says is
-//! done (as the event source mapping does).
+//! done (as the event source mapping does). The beat ([`beat`]) fires the manifest's schedules.
+
+pub mod beat;
 
 use std::sync::Arc;
 use std::time::Duration;

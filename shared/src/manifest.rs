@@ -82,9 +82,12 @@ pub struct Module {
     /// Seconds the event source gathers records before invoking (SQS batching window, 0-300).
     #[serde(default)]
     pub batching_window: u16,
-    /// Environment variables its tasks read (`APP_API_BASE`): template parameters on deploy.
+    /// Environment variables its tasks need (`APP_API_BASE`): required template parameters.
     #[serde(default)]
     pub settings: Vec<String>,
+    /// Variables with a default in the module's code: parameters left empty leave them unset.
+    #[serde(default)]
+    pub optional_settings: Vec<String>,
     /// Settings that are secrets: deployed from Secrets Manager, never as plain parameters.
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -132,11 +135,19 @@ pub struct QueueSettings {
     /// Largest body, bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// A FIFO queue (SQS name ending in `.fifo`): order kept per message group (by default the
+    /// task name), duplicates of a task id within five minutes dropped, no countdown or eta.
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        QueueSettings { max_receive_count: default_max_receive_count(), max_message_bytes: default_max_message_bytes() }
+        QueueSettings {
+            max_receive_count: default_max_receive_count(),
+            max_message_bytes: default_max_message_bytes(),
+            fifo: false,
+        }
     }
 }
 
@@ -311,7 +322,54 @@ impl Manifest {
         let manifest: Manifest = toml::from_str(text)
             .map_err(|e| ManifestError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
         manifest.validate(origin)?;
+        manifest.validate_schedules(origin, text)?;
         Ok(manifest)
+    }
+
+    /// Every schedule must become an EventBridge rule and send to a queue a module consumes.
+    /// An error names the schedule and its line in `text`.
+    fn validate_schedules(&self, origin: &str, text: &str) -> Result<(), ManifestError> {
+        let consumed = self.queue_names();
+        for (name, spec) in &self.schedules {
+            let fail = |field: Option<&str>, message: String, hint: &str| {
+                let line = schedule_line(text, name, field).map(|l| format!("line {l}: ")).unwrap_or_default();
+                ManifestError::Invalid {
+                    origin: origin.to_owned(),
+                    message: format!("{line}schedule `{name}`: {message}"),
+                    hint: hint.to_owned(),
+                }
+            };
+            let rule = self.rule_name(name);
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                || rule.len() > 64
+            {
+                return Err(fail(
+                    None,
+                    format!("its rule name `{rule}` is not a valid EventBridge rule name"),
+                    "name schedules with letters, digits, `.`, `_` and `-`, \
+                     so that `{project}-{schedule}` stays within 64 characters",
+                ));
+            }
+            if spec.task.trim().is_empty() || spec.task.chars().any(char::is_whitespace) {
+                return Err(fail(
+                    Some("task"),
+                    format!("task {:?} is not a task name", spec.task),
+                    "set `task` to a registered task's Celery name, e.g. \"app.schedules.alert.check_queues\"",
+                ));
+            }
+            let queue = spec.queue.as_deref().unwrap_or_else(|| self.route(&spec.task));
+            if !consumed.contains(&queue) {
+                let field = if spec.queue.is_some() { "queue" } else { "task" };
+                return Err(fail(
+                    Some(field),
+                    format!("task `{}` would go to queue `{queue}`, which no module consumes", spec.task),
+                    "send it to a module's queue: fix `queue` in the schedule, or the task's [[routes]]",
+                ));
+            }
+            crate::schedule::eventbridge_expression(spec).map_err(|e| fail(e.field, e.problem, &e.hint))?;
+        }
+        Ok(())
     }
 
     fn validate(&self, origin: &str) -> Result<(), ManifestError> {
@@ -419,7 +477,8 @@ impl Manifest {
 
     /// A queue's SQS name.
     pub fn sqs_queue_name(&self, queue: &str) -> String {
-        format!("{}-{queue}", self.project.name)
+        let fifo = if self.queue_settings(queue).fifo { ".fifo" } else { "" };
+        format!("{}-{queue}{fifo}", self.project.name)
     }
 
     /// A schedule's EventBridge rule name.
@@ -429,8 +488,28 @@ impl Manifest {
 
     /// A queue's DLQ name on SQS.
     pub fn sqs_dlq_name(&self, queue: &str) -> String {
-        format!("{}-{queue}-dlq", self.project.name)
+        // A FIFO queue's dead-letter queue must be FIFO too.
+        let fifo = if self.queue_settings(queue).fifo { ".fifo" } else { "" };
+        format!("{}-{queue}-dlq{fifo}", self.project.name)
     }
+}
+
+/// The line (1-based) of a schedule's `field` in manifest text, or of its table when the field
+/// is absent or not given. The manifest is parsed a second time, keeping spans, only when an
+/// error needs a line.
+fn schedule_line(text: &str, name: &str, field: Option<&str>) -> Option<usize> {
+    type Fields = BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>;
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        schedules: BTreeMap<toml::Spanned<String>, Fields>,
+    }
+    let spans: Spans = toml::from_str(text).ok()?;
+    let (key, fields) = spans.schedules.iter().find(|(key, _)| key.get_ref() == name)?;
+    let offset = field
+        .and_then(|field| fields.iter().find(|(k, _)| k.get_ref() == field))
+        .map_or(key.span().start, |(k, _)| k.span().start);
+    Some(text.get(..offset)?.matches('\n').count() + 1)
 }
 
 /// The dead-letter queue's name of an embedded queue.
@@ -484,5 +563,65 @@ queue = "alerts"
         let typo = MINIMAL.replace("crate = \"taskbeat-user\"", "crate = \"taskbeat-user\"\nqeue = 1");
         let err = Manifest::parse(&typo, "test").unwrap_err().to_string();
         assert!(err.contains("qeue"), "{err}");
+    }
+
+    /// Parses MINIMAL plus a schedule; returns the error and the line `marker` starts on.
+    fn schedule_error(schedule: &str, marker: &str) -> (String, usize) {
+        let text = format!("{MINIMAL}\n{schedule}");
+        let line = text.lines().position(|l| l.starts_with(marker)).unwrap() + 1;
+        (Manifest::parse(&text, "taskbeat.toml").unwrap_err().to_string(), line)
+    }
+
+    #[test]
+    fn schedule_mistakes_name_the_schedule_and_its_line() {
+        let task = "task = \"app.schedules.alert.check_queues\"\n";
+        let (err, line) = schedule_error(&format!("[schedules.tick]\n{task}minute = \"*/0\"\n"), "minute");
+        assert!(err.contains(&format!("line {line}: schedule `tick`: minute = \"*/0\"")), "{err}");
+        assert!(err.contains("hint: Celery takes e.g."), "{err}");
+
+        let (err, line) =
+            schedule_error(&format!("[schedules.tick]\n{task}expression = \"cron(0 8 * * *)\"\n"), "expression");
+        assert!(err.contains(&format!("line {line}: schedule `tick`: expression")) && err.contains("year"), "{err}");
+
+        let (err, line) = schedule_error(&format!("[schedules.tick]\n{task}every = \"90s\"\n"), "every");
+        assert!(err.contains(&format!("line {line}:")) && err.contains("whole minutes"), "{err}");
+
+        let (err, line) =
+            schedule_error(&format!("[schedules.tick]\n{task}hour = 9\ntimezone = \"Europe/Paris\"\n"), "timezone");
+        assert!(err.contains(&format!("line {line}:")) && err.contains("UTC only"), "{err}");
+
+        let (err, line) = schedule_error(&format!("[schedules.tick]\n{task}"), "[schedules.tick]");
+        assert!(err.contains(&format!("line {line}: schedule `tick`: says neither")), "{err}");
+
+        let (err, line) = schedule_error(
+            "[schedules.tick]\ntask = \"app.schedules.alert.check_queues\"\nqueue = \"nft\"\nminute = 0\n",
+            "queue = \"nft\"",
+        );
+        assert!(
+            err.contains(&format!("line {line}:")) && err.contains("queue `nft`, which no module consumes"),
+            "{err}"
+        );
+
+        let (err, _) =
+            schedule_error("[schedules.tick]\ntask = \"app.schedules.alert.check_queues\"\nminute = -1\n", "minute");
+        assert!(err.contains("minute = -1: -1 is outside 0-59"), "{err}");
+        let (err, _) = schedule_error("[schedules.tick]\ntask = \"x.y\"\nminute = 1.5\n", "minute");
+        assert!(err.contains("a Celery crontab string") && err.contains("line"), "{err}");
+        let (err, _) = schedule_error("[schedules.\"bad name\"]\ntask = \"x.y\"\nminute = 1\n", "[schedules");
+        assert!(err.contains("not a valid EventBridge rule name"), "{err}");
+    }
+
+    #[test]
+    fn the_repos_manifest_schedules_convert() {
+        let manifest = Manifest::parse(include_str!("../../taskbeat.toml"), "taskbeat.toml").unwrap();
+        let expressions: BTreeMap<&str, String> = manifest
+            .schedules
+            .iter()
+            .map(|(name, spec)| (name.as_str(), crate::schedule::eventbridge_expression(spec).unwrap()))
+            .collect();
+        assert_eq!(expressions["check_health"], "rate(5 minutes)");
+        assert_eq!(expressions["check_queues"], "cron(0/10 * * * ? *)");
+        assert_eq!(expressions["cleanup_inactive_users"], "cron(0 3 * * ? *)");
+        assert_eq!(expressions["refresh_collection"], "cron(7 * * * ? *)");
     }
 }

@@ -39,8 +39,10 @@ pub async fn create_missing(
             queue: name.to_owned(),
             message: crate::queue::sqs::aws_error_chain(e),
         };
-        let dlq_url = sqs
-            .create_queue()
+        let fifo = |request: aws_sdk_sqs::operation::create_queue::builders::CreateQueueFluentBuilder| {
+            if settings.fifo { request.attributes(QueueAttributeName::FifoQueue, "true") } else { request }
+        };
+        let dlq_url = fifo(sqs.create_queue())
             .queue_name(&dlq_name)
             .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
             .send()
@@ -62,7 +64,7 @@ pub async fn create_missing(
             serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count });
         let visibility = module.map_or(360, |m| m.visibility_timeout().as_secs());
         let name = manifest.sqs_queue_name(queue);
-        sqs.create_queue()
+        fifo(sqs.create_queue())
             .queue_name(&name)
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .attributes(QueueAttributeName::VisibilityTimeout, visibility.to_string())

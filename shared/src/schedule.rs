@@ -11,10 +11,13 @@
 
 pub mod celery;
 pub mod expression;
+#[cfg(test)]
+mod properties;
 
 use std::fmt;
 
 use aws_config::SdkConfig;
+use aws_sdk_eventbridge::error::ProvideErrorMetadata;
 use aws_sdk_eventbridge::types::RuleState;
 
 pub use expression::{ExpressionError, Schedule, next_fire_times};
@@ -233,38 +236,33 @@ impl Rules {
                 enabled: out.state == Some(RuleState::Enabled),
                 schedule_expression: out.schedule_expression,
             })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
-            Err(e) => Err(self.service_error(rule, &e)),
+            Err(e) => match self.error(rule, e) {
+                RuleError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
         }
     }
 
     /// Enables or disables a deployed rule; returns it as it is afterwards.
     pub async fn set_enabled(&self, rule: &str, enabled: bool) -> Result<RuleInfo, RuleError> {
-        let not_found = || RuleError::NotFound { rule: rule.to_owned(), location: self.location.clone() };
-        let result = if enabled {
-            self.client.enable_rule().name(rule).send().await.map(|_| ()).map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) {
-                    not_found()
-                } else {
-                    self.service_error(rule, &e)
-                }
-            })
+        if enabled {
+            self.client.enable_rule().name(rule).send().await.map_err(|e| self.error(rule, e))?;
         } else {
-            self.client.disable_rule().name(rule).send().await.map(|_| ()).map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) {
-                    not_found()
-                } else {
-                    self.service_error(rule, &e)
-                }
-            })
-        };
-        result?;
-        tracing::info!(rule, enabled, "schedule rule switched");
-        self.describe(rule).await?.ok_or_else(not_found)
+            self.client.disable_rule().name(rule).send().await.map_err(|e| self.error(rule, e))?;
+        }
+        tracing::debug!(rule, enabled, "schedule rule switched");
+        self.describe(rule).await?.ok_or_else(|| self.not_found(rule))
     }
 
-    fn service_error(&self, rule: &str, e: &dyn std::error::Error) -> RuleError {
-        RuleError::Service { rule: rule.to_owned(), message: crate::queue::sqs::aws_error_chain(e) }
+    fn not_found(&self, rule: &str) -> RuleError {
+        RuleError::NotFound { rule: rule.to_owned(), location: self.location.clone() }
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, rule: &str, e: E) -> RuleError {
+        if e.code() == Some("ResourceNotFoundException") {
+            return self.not_found(rule);
+        }
+        RuleError::Service { rule: rule.to_owned(), message: crate::queue::sqs::aws_error_chain(&e) }
     }
 }
 

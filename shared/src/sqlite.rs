@@ -66,6 +66,7 @@ impl Db {
         )
         .map_err(sqlite_err)?;
         conn.execute_batch(SCHEMA).map_err(sqlite_err)?;
+        migrate(&conn).map_err(sqlite_err)?;
         let (jobs, inbox) = mpsc::channel::<Job>();
         let thread_path = path.to_path_buf();
         std::thread::Builder::new()
@@ -158,6 +159,18 @@ fn watch_changes(path: &Path, changes: Weak<Notify>) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Brings a database made by an earlier version up to the current schema.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_group: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'group_id'", [], |row| {
+            row.get::<_, i64>(0).map(|n| n > 0)
+        })?;
+    if !has_group {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN group_id TEXT")?;
+    }
+    Ok(())
+}
+
 fn run_writer(conn: Connection, inbox: mpsc::Receiver<Job>, path: &Path) {
     while let Ok(first) = inbox.recv() {
         let mut group = vec![first];
@@ -209,9 +222,18 @@ CREATE TABLE IF NOT EXISTS messages (
     visible_at     INTEGER NOT NULL,
     receive_count  INTEGER NOT NULL DEFAULT 0,
     first_received INTEGER,
-    receipt        TEXT
+    receipt        TEXT,
+    group_id       TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+
+CREATE TABLE IF NOT EXISTS deduplication (
+    queue       TEXT NOT NULL,
+    dedup_id    TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+);
 
 CREATE TABLE IF NOT EXISTS markers (
     key    TEXT PRIMARY KEY,

@@ -72,6 +72,7 @@ pub async fn run_bodies(
             sent_at: Utc::now(),
             first_received_at: None,
             attributes: Default::default(),
+            group_id: None,
         })
         .collect();
     let event = sqs_event("arn:aws:sqs:local:000000000000:test", "local", &messages);

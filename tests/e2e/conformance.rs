@@ -247,3 +247,58 @@ async fn sqs_queue_conforms() {
         .unwrap();
     queue_suite(Backend::aws(&m, &sdk).queue("default").unwrap().clone()).await;
 }
+
+/// FIFO: order per group, a group waits while one of its messages is in flight, duplicates
+/// of a deduplication id are dropped, delays refused.
+async fn fifo_suite(queue: Arc<dyn TaskQueue>) {
+    assert!(queue.is_fifo());
+    let message = |body: &str, group: &str, dedup: &str| OutgoingMessage {
+        group_id: Some(group.into()),
+        deduplication_id: Some(dedup.into()),
+        ..OutgoingMessage::new(body)
+    };
+    queue.send(message("a1", "A", "d1")).await.unwrap();
+    // Accepted, never delivered (the returned id differs between SQS and its emulators).
+    queue.send(message("a1 again", "A", "d1")).await.unwrap();
+    queue.send(message("a2", "A", "d2")).await.unwrap();
+    queue.send(message("b1", "B", "d3")).await.unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        got.extend(queue.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap());
+    }
+    let bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
+    let a_order: Vec<&str> = bodies.iter().copied().filter(|b| b.starts_with('a')).collect();
+    assert_eq!(a_order, vec!["a1", "a2"], "order kept within group A, the duplicate dropped: {bodies:?}");
+    assert!(bodies.contains(&"b1"));
+    assert!(got.iter().all(|m| m.group_id.is_some()));
+    // A message of group A back in the queue: A is held until it is received again.
+    let a1 = got.iter().find(|m| m.body == "a1").unwrap();
+    queue.change_visibility(&a1.receipt_handle, Duration::ZERO).await.unwrap();
+    let handles: Vec<String> = got.iter().filter(|m| m.body != "a1").map(|m| m.receipt_handle.clone()).collect();
+    queue.delete(&handles).await.unwrap();
+    queue.send(message("a3", "A", "d4")).await.unwrap();
+    let again = receive_some(queue.as_ref(), Duration::from_secs(30), Duration::from_secs(5)).await;
+    assert_eq!(again.first().map(|m| m.body.as_str()), Some("a1"), "a1 comes first again");
+    let delayed = OutgoingMessage { delay: Duration::from_secs(3), ..message("late", "A", "d5") };
+    assert!(matches!(queue.send(delayed).await, Err(QueueError::Fifo { .. })));
+}
+
+const FIFO_MANIFEST: &str = "[project]\nname = \"NAME\"\ndefault_queue = \"ordered\"\n[modules.test]\ncrate = \"test\"\nqueue = \"ordered\"\n[queues.ordered]\nfifo = true\n";
+
+#[tokio::test]
+async fn embedded_fifo_queue_conforms() {
+    let m = Manifest::parse(&FIFO_MANIFEST.replace("NAME", "fifo"), "conformance").unwrap();
+    let backend = Backend::embedded_on(&m, Db::open(Path::new(":memory:")).unwrap());
+    fifo_suite(backend.queue("ordered").unwrap().queue.clone()).await;
+}
+
+#[tokio::test]
+async fn sqs_fifo_queue_conforms() {
+    let sdk = emulator::sdk_config().await;
+    let m = Manifest::parse(&FIFO_MANIFEST.replace("NAME", &emulator::unique_project("fifo")), "conformance").unwrap();
+    taskbeat::provision::create_missing(&m, &aws_sdk_dynamodb::Client::new(&sdk), &aws_sdk_sqs::Client::new(&sdk))
+        .await
+        .unwrap();
+    fifo_suite(Backend::aws(&m, &sdk).queue("ordered").unwrap().queue.clone()).await;
+}

@@ -126,6 +126,7 @@ fn message(i: usize, body: String) -> ReceivedMessage {
         sent_at: chrono::Utc::now(),
         first_received_at: None,
         attributes: Default::default(),
+        group_id: None,
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use taskbeat_e2e::fake_app;
 
+mod infra;
+mod modules;
 mod schedules;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskbeat");
@@ -36,11 +38,23 @@ fn start_local(dir: &Path, api_base: &str) -> Child {
 
 #[allow(clippy::zombie_processes)]
 fn start_local_with(dir: &Path, api_base: &str, extra: &[&str]) -> Child {
+    spawn_local(dir, extra, &[], &[("APP_API_BASE", api_base.to_owned())])
+}
+
+/// Starts `taskbeat local [local_args]` with settings in its environment.
+#[allow(clippy::zombie_processes)]
+fn start_local_env(dir: &Path, env: &[(&str, String)], local_args: &[&str]) -> Child {
+    spawn_local(dir, &[], local_args, env)
+}
+
+#[allow(clippy::zombie_processes)]
+fn spawn_local(dir: &Path, global: &[&str], local_args: &[&str], env: &[(&str, String)]) -> Child {
     let mut child = Command::new(BIN)
         .current_dir(dir)
-        .args(extra)
+        .args(global)
         .arg("local")
-        .env("APP_API_BASE", api_base)
+        .args(local_args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("TASKBEAT_MANIFEST")
         .env_remove("TASKBEAT_DATA_DIR")
         .stdout(Stdio::null())

@@ -38,6 +38,14 @@ pub enum QueueError {
     /// The delay is over SQS's 900 s.
     #[error("delay of {0:?} is over the queue's maximum of 900 s")]
     DelayTooLong(Duration),
+    /// A FIFO queue cannot delay one message, and needs a message group.
+    #[error("FIFO queue `{queue}`: {message}")]
+    Fifo {
+        /// Queue name.
+        queue: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The queue does not exist.
     #[error(
         "queue `{0}` does not exist: deploy the infrastructure, or on an emulator run `taskbeat --aws local --create-resources`; check the manifest's project name"
@@ -65,6 +73,10 @@ pub struct OutgoingMessage {
     pub delay: Duration,
     /// String message attributes.
     pub attributes: BTreeMap<String, String>,
+    /// FIFO queues: the message group (order is kept within a group).
+    pub group_id: Option<String>,
+    /// FIFO queues: a second send with the same id within five minutes is dropped.
+    pub deduplication_id: Option<String>,
 }
 
 impl OutgoingMessage {
@@ -75,7 +87,7 @@ impl OutgoingMessage {
 }
 
 /// A received message, as SQS hands it to a consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceivedMessage {
     /// The queue's id of the message.
     pub message_id: String,
@@ -91,6 +103,8 @@ pub struct ReceivedMessage {
     pub first_received_at: Option<DateTime<Utc>>,
     /// String message attributes.
     pub attributes: BTreeMap<String, String>,
+    /// FIFO queues: its message group.
+    pub group_id: Option<String>,
 }
 
 /// How many messages a queue holds, by condition.
@@ -113,6 +127,11 @@ pub trait TaskQueue: Send + Sync + Debug {
     /// The largest body it takes, in bytes.
     fn max_message_bytes(&self) -> usize {
         DEFAULT_MAX_MESSAGE_BYTES
+    }
+
+    /// Whether it is a FIFO queue (ordered per message group, deduplicated, no per-message delay).
+    fn is_fifo(&self) -> bool {
+        false
     }
 
     /// Sends one message; returns its id.
@@ -153,4 +172,22 @@ pub fn dead_letter_attributes(reason: &str, source_queue: &str) -> BTreeMap<Stri
         (REASON_ATTRIBUTE.to_owned(), reason.to_owned()),
         (SOURCE_QUEUE_ATTRIBUTE.to_owned(), source_queue.to_owned()),
     ])
+}
+
+/// Checks what a FIFO queue needs of a message: no delay, a group, a deduplication id.
+pub fn check_fifo(queue: &dyn TaskQueue, message: &OutgoingMessage) -> Result<(), QueueError> {
+    let refuse = |message: &str| Err(QueueError::Fifo { queue: queue.name().to_owned(), message: message.to_owned() });
+    if !queue.is_fifo() {
+        return Ok(());
+    }
+    if !message.delay.is_zero() {
+        return refuse("a FIFO queue has no per-message delay; drop the countdown/eta or use a standard queue");
+    }
+    if message.group_id.as_deref().is_none_or(str::is_empty) {
+        return refuse("a message needs a message group id");
+    }
+    if message.deduplication_id.as_deref().is_none_or(str::is_empty) {
+        return refuse("a message needs a deduplication id");
+    }
+    Ok(())
 }

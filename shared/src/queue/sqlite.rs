@@ -8,17 +8,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_size};
+use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_fifo, check_size};
 use crate::sqlite::Db;
 use crate::store::millis_to_time;
 
 /// How often an empty long poll looks again without being woken: delayed messages and expired
 /// visibility timeouts become receivable by the clock, not by a commit.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// SQS FIFO's deduplication interval.
+const DEDUPLICATION_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 /// Where a queue's dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,7 @@ pub struct SqliteQueue {
     name: String,
     redrive: Option<Redrive>,
     max_message_bytes: usize,
+    fifo: bool,
     // Wakes an in-process long poll at once when this process sends.
     arrivals: Arc<Notify>,
 }
@@ -48,8 +51,17 @@ impl SqliteQueue {
             name: name.into(),
             redrive,
             max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
+            fifo: false,
             arrivals: Arc::new(Notify::new()),
         }
+    }
+
+    /// Makes it a FIFO queue: messages of one group are delivered in order, none while an
+    /// earlier one of its group is in flight; a deduplication id seen in the last five minutes
+    /// is dropped; no per-message delay.
+    pub fn fifo(mut self, fifo: bool) -> Self {
+        self.fifo = fifo;
+        self
     }
 
     /// Shares the arrival signal of another handle on the same queue (same process).
@@ -70,6 +82,7 @@ impl SqliteQueue {
     async fn try_receive(&self, max: usize, visibility: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
         let name = self.name.clone();
         let redrive = self.redrive.clone();
+        let fifo = self.fifo;
         let visibility_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
         let max = i64::try_from(max.clamp(1, 10)).unwrap_or(10);
         let received = self
@@ -90,10 +103,17 @@ impl SqliteQueue {
                         redrive.max_receive_count
                     ])?;
                 }
-                let mut select = conn.prepare_cached(
-                    "SELECT seq, message_id, body, attributes, sent_at, receive_count, first_received FROM messages
-                     WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
-                )?;
+                let mut select = conn.prepare_cached(if fifo {
+                    // In order of sending; a group waits while an earlier message of it is in flight.
+                    "SELECT seq, message_id, body, attributes, sent_at, receive_count, first_received, group_id
+                     FROM messages m WHERE queue = ?1 AND visible_at <= ?2 AND NOT EXISTS (
+                        SELECT 1 FROM messages x WHERE x.queue = m.queue AND x.group_id = m.group_id
+                        AND x.seq < m.seq AND x.visible_at > ?2)
+                     ORDER BY seq LIMIT ?3"
+                } else {
+                    "SELECT seq, message_id, body, attributes, sent_at, receive_count, first_received, group_id
+                     FROM messages WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3"
+                })?;
                 let rows = select
                     .query_map(params![name, now, max], |row| {
                         Ok((
@@ -104,6 +124,7 @@ impl SqliteQueue {
                             row.get::<_, i64>(4)?,
                             row.get::<_, u32>(5)?,
                             row.get::<_, Option<i64>>(6)?,
+                            row.get::<_, Option<String>>(7)?,
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -112,7 +133,7 @@ impl SqliteQueue {
                      first_received = COALESCE(first_received, ?2), receipt = ?3 WHERE seq = ?4",
                 )?;
                 let mut messages = Vec::with_capacity(rows.len());
-                for (seq, message_id, body, attributes, sent_at, count, first) in rows {
+                for (seq, message_id, body, attributes, sent_at, count, first, group_id) in rows {
                     let receipt = format!("{message_id}:{}", Uuid::new_v4().simple());
                     update.execute(params![now.saturating_add(visibility_ms), now, receipt, seq])?;
                     messages.push(ReceivedMessage {
@@ -123,6 +144,7 @@ impl SqliteQueue {
                         sent_at: millis_to_time(sent_at),
                         first_received_at: Some(millis_to_time(first.unwrap_or(now))),
                         attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                        group_id,
                     });
                 }
                 Ok(Ok::<_, QueueError>(messages))
@@ -143,8 +165,13 @@ impl TaskQueue for SqliteQueue {
         self.max_message_bytes
     }
 
+    fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
     async fn send(&self, message: OutgoingMessage) -> Result<String, QueueError> {
         check_size(self, &message.body)?;
+        check_fifo(self, &message)?;
         if message.delay > MAX_DELAY {
             return Err(QueueError::DelayTooLong(message.delay));
         }
@@ -153,20 +180,41 @@ impl TaskQueue for SqliteQueue {
         let id = message_id.clone();
         let attributes = serde_json::to_string(&message.attributes).map_err(|e| self.error(e))?;
         let delay_ms = i64::try_from(message.delay.as_millis()).unwrap_or(0);
-        self.db
+        let fifo = self.fifo;
+        let sent_id = self
+            .db
             .call(move |conn| {
                 let now = Utc::now().timestamp_millis();
+                if fifo {
+                    // SQS drops a deduplication id seen in the last five minutes, even when the
+                    // first message is already deleted, and answers with the first message's id.
+                    let dedup = message.deduplication_id.clone().unwrap_or_default();
+                    let earlier: Option<String> = conn
+                        .prepare_cached(
+                            "SELECT message_id FROM deduplication WHERE queue = ?1 AND dedup_id = ?2 AND sent_at > ?3",
+                        )?
+                        .query_row(params![name, dedup, now - DEDUPLICATION_WINDOW_MS], |row| row.get(0))
+                        .optional()?;
+                    if let Some(earlier) = earlier {
+                        return Ok(Ok::<_, QueueError>(earlier));
+                    }
+                    conn.prepare_cached(
+                        "INSERT INTO deduplication (queue, dedup_id, message_id, sent_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (queue, dedup_id) DO UPDATE SET message_id = excluded.message_id, sent_at = excluded.sent_at",
+                    )?
+                    .execute(params![name, dedup, id, now])?;
+                }
                 conn.prepare_cached(
-                    "INSERT INTO messages (message_id, queue, body, attributes, sent_at, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO messages (message_id, queue, body, attributes, sent_at, visible_at, group_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![id, name, message.body, attributes, now, now + delay_ms])?;
-                Ok(Ok::<_, QueueError>(()))
+                .execute(params![id, name, message.body, attributes, now, now + delay_ms, message.group_id])?;
+                Ok(Ok::<_, QueueError>(id))
             })
             .await
             .map_err(|e| self.error(e))??;
         self.arrivals.notify_waiters();
-        Ok(message_id)
+        Ok(sent_id)
     }
 
     async fn receive(

@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{
 use chrono::Utc;
 use tokio::sync::OnceCell;
 
-use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_size};
+use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_fifo, check_size};
 use crate::store::millis_to_time;
 
 /// One SQS queue.
@@ -101,13 +101,24 @@ impl TaskQueue for SqsQueue {
         self.max_message_bytes
     }
 
+    fn is_fifo(&self) -> bool {
+        self.name.ends_with(".fifo")
+    }
+
     async fn send(&self, message: OutgoingMessage) -> Result<String, QueueError> {
         check_size(self, &message.body)?;
+        check_fifo(self, &message)?;
         if message.delay > MAX_DELAY {
             return Err(QueueError::DelayTooLong(message.delay));
         }
         let url = self.url().await?;
-        let mut request = self.client.send_message().queue_url(url).message_body(message.body);
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(url)
+            .message_body(message.body)
+            .set_message_group_id(message.group_id.filter(|_| self.is_fifo()))
+            .set_message_deduplication_id(message.deduplication_id.filter(|_| self.is_fifo()));
         if !message.delay.is_zero() {
             request = request.delay_seconds(i32::try_from(message.delay.as_secs()).unwrap_or(900));
         }
@@ -168,6 +179,7 @@ impl TaskQueue for SqsQueue {
                     first_received_at: number(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
                         .map(millis_to_time),
                     attributes,
+                    group_id: system.get(&MessageSystemAttributeName::MessageGroupId).cloned(),
                 }
             })
             .collect();

@@ -304,7 +304,8 @@ fn parse_rate(inner: &str) -> Result<Schedule, ExpressionError> {
         other => {
             return Err(err(
                 format!("rate unit `{other}` is not one EventBridge knows"),
-                "use minute(s), hour(s) or day(s), lower case; a rate of seconds does not exist (the smallest is rate(1 minute))",
+                "use minute(s), hour(s) or day(s), lower case; a rate of seconds does not exist \
+                 (the smallest is rate(1 minute))",
             ));
         }
     };
@@ -357,6 +358,8 @@ const YEAR: FieldDef = FieldDef {
     example: "* (or 2027, 2027-2030)",
 };
 
+const STEP_FORMS: &str = "write START/STEP or list the values";
+
 fn field_err(def: &FieldDef, text: &str, problem: impl fmt::Display) -> ExpressionError {
     err(format!("{} field `{text}`: {problem}", def.name), format!("{} takes e.g. {}", def.name, def.example))
 }
@@ -407,9 +410,7 @@ fn parse_ranges(def: &FieldDef, text: &str) -> Result<Vec<(u32, u32, u32)>, Expr
                     return Err(field_err(
                         def,
                         text,
-                        format!(
-                            "`{item}`: a step after a range is not an EventBridge form; write START/STEP or list the values"
-                        ),
+                        format!("`{item}`: a step after a range is not an EventBridge form; {}", STEP_FORMS),
                     ));
                 }
                 b => parse_value(def, text, b)?,
@@ -522,11 +523,23 @@ fn parse_cron(inner: &str) -> Result<Schedule, ExpressionError> {
     let fields: Vec<String> = inner.split_whitespace().map(str::to_ascii_uppercase).collect();
     let order = "minutes hours day-of-month month day-of-week year";
     let [minutes, hours, dom, month, dow, year] = &fields[..] else {
-        let hint = if fields.len() == 5 {
-            format!(
-                "EventBridge has a sixth field, the year, and `?` in one day field: cron({} *) with `?` for the unused day field",
-                inner.trim()
-            )
+        let hint = if let [m, h, dom, month, dow] = &fields[..] {
+            // A Unix crontab line: show it the EventBridge way.
+            let unix = "EventBridge has a sixth field, the year, and `?` in one day field";
+            if dow == "*" || dow == "?" {
+                format!("{unix}: cron({m} {h} {dom} {month} ? *)")
+            } else if (dom == "*" || dom == "?") && !dow.bytes().any(|b| b.is_ascii_digit()) {
+                format!("{unix}: cron({m} {h} ? {month} {dow} *)")
+            } else if dom == "*" || dom == "?" {
+                // Unix counts weekdays 0-6 from Sunday = 0, EventBridge 1-7 from Sunday = 1:
+                // copying the numbers would shift every day.
+                format!(
+                    "{unix}: cron({m} {h} ? {month} DAYS *), with DAYS as names (MON-FRI) or 1-7 from \
+                     Sunday = 1 (Unix cron counts 0-6 from Sunday = 0)"
+                )
+            } else {
+                format!("{unix}; EventBridge cannot require both a day of the month and a day of the week")
+            }
         } else {
             format!("six fields: {order}, e.g. cron(0 8 * * ? *)")
         };
@@ -784,6 +797,10 @@ mod tests {
         assert!(refused("0 8 * * ?").contains("not an EventBridge schedule expression"));
         let five = refused("cron(0 8 * * ?)");
         assert!(five.contains("5 fields") && five.contains("sixth field, the year"), "{five}");
+        assert!(five.contains("cron(0 8 * * ? *)"), "{five}");
+        let weekly = refused("cron(0 8 * * 1-5)");
+        assert!(weekly.contains("cron(0 8 ? * DAYS *)") && weekly.contains("Sunday = 1"), "{weekly}");
+        assert!(refused("cron(0 8 * * mon-fri)").contains("cron(0 8 ? * MON-FRI *)"));
         assert!(refused("cron(0 8 * * * *)").contains("one of them must be `?`"));
         assert!(refused("cron(0 8 ? * ? *)").contains("both day fields"));
         assert!(refused("cron(60 8 * * ? *)").contains("60 is outside 0-59"));

@@ -132,6 +132,7 @@ fn message(id: &str, body: &str) -> ReceivedMessage {
         sent_at: Utc::now(),
         first_received_at: None,
         attributes: BTreeMap::new(),
+        group_id: None,
     }
 }
 

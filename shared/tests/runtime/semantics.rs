@@ -219,10 +219,19 @@ async fn countdown_eta_and_expiry() {
         sent_at: Utc::now(),
         first_received_at: None,
         attributes: Default::default(),
+        group_id: None,
     };
-    let response = rig.handler.handle(sqs_event("arn", "local", &[early]), None).await;
+    let response = rig.handler.handle(sqs_event("arn", "local", std::slice::from_ref(&early)), None).await;
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(rig.record(far).await.state, TaskState::Pending, "not claimed before its eta");
+    // Received again and still not due: replaced by a fresh copy (its receive count starts
+    // over, so a far eta never reaches the DLQ), and this delivery is acknowledged.
+    let again = taskbeat::queue::ReceivedMessage { receive_count: 2, ..early };
+    let before = rig.depth().await;
+    let response = rig.handler.handle(sqs_event("arn", "local", &[again]), None).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(rig.depth().await.delayed, before.delayed + 1, "a fresh delayed copy");
+    assert_eq!(rig.record(far).await.state, TaskState::Pending);
 
     // Expired before it ran: REVOKED, not run.
     let gone = rig
