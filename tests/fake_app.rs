@@ -20,6 +20,8 @@ pub struct Calls {
     /// GETs of each user: how many times a task body fetched it.
     pub gets: std::collections::HashMap<String, usize>,
     pub outcomes: Vec<(String, Value)>,
+    /// Bodies posted to `/hooks/...`.
+    pub hooks: Vec<Value>,
     pub deactivated: Vec<String>,
     pub inactive_queries: Vec<(u32, Option<String>)>,
 }
@@ -75,6 +77,8 @@ pub async fn spawn_on(options: Options, port: u16) -> FakeApp {
         .route("/users/{id}", get(user))
         .route("/users/{id}/outcome", post(outcome))
         .route("/users/{id}/deactivate", post(deactivate))
+        // A webhook for the alert module's `send_alert` when trying it by hand.
+        .route("/hooks/{*path}", post(hook))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,6 +116,11 @@ async fn user(State(state): State<AppState>, Path(id): Path<String>) -> (StatusC
 
 async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Json(body): Json<Value>) -> Json<Value> {
     state.calls.lock().unwrap().outcomes.push((id, body));
+    Json(json!({ "ok": true }))
+}
+
+async fn hook(State(state): State<AppState>, Json(body): Json<Value>) -> Json<Value> {
+    state.calls.lock().unwrap().hooks.push(body);
     Json(json!({ "ok": true }))
 }
 

@@ -13,6 +13,9 @@ async fn main() {
         delay: Duration::from_millis(300),
     };
     let app = taskbeat_e2e::fake_app::spawn_on(options, port).await;
-    eprintln!("fake app API on {} (users u*, missing-* -> 404, down-* -> 503); Ctrl-C stops", app.base());
+    eprintln!(
+        "fake app API on {base} (users u*, missing-* -> 404, down-* -> 503; webhook {base}/hooks/alerts); Ctrl-C stops",
+        base = app.base()
+    );
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -2,6 +2,7 @@
 
 mod infra;
 mod modules;
+mod ops;
 mod output;
 mod schedules;
 
@@ -61,7 +62,7 @@ enum Command {
     Local(LocalArgs),
     /// Send a task; prints its id.
     Send(SendArgs),
-    /// Show a task's record.
+    /// Show a task's record and its history (every state change with its time).
     Status {
         /// Task id.
         id: Uuid,
@@ -77,6 +78,20 @@ enum Command {
         /// Task id.
         id: Uuid,
     },
+    /// List tasks, newest first: state, progress, age, duration.
+    List(ops::ListArgs),
+    /// Per module: messages waiting, in flight, delayed, and in the dead-letter queue.
+    Queues,
+    /// Dead letters: list them, show one, redrive one or all back to their queue.
+    Dlq(ops::DlqArgs),
+    /// Send a FAILURE or REVOKED task again with its arguments (a new id whose parent is the old one).
+    Retry(ops::RetryArgs),
+    /// Empty a queue (or its DLQ) after a confirmation (--yes for scripts).
+    Purge(ops::PurgeArgs),
+    /// `inspect registered`: the tasks of every linked module, as `celery inspect registered`.
+    Inspect(ops::InspectArgs),
+    /// Print a shell completion script: `taskbeat completions bash > /etc/bash_completion.d/taskbeat`.
+    Completions(ops::CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -166,17 +181,24 @@ async fn run(cli: Cli) -> Result<i32> {
     // Rendering reads the manifest only: no store or queue is opened.
     let command = match cli.command {
         Command::Infra(args) => return infra::run(args, cli.global.manifest.as_deref()),
+        Command::Completions(args) => return ops::completions(args),
+        Command::Inspect(args) => return ops::inspect(args, cli.global.manifest.as_deref(), cli.global.output),
         command => command,
     };
     let setup = setup(&cli.global).await?;
     match command {
-        Command::Infra(_) => unreachable!("handled before the setup"),
+        Command::Infra(_) | Command::Completions(_) | Command::Inspect(_) => unreachable!("handled before the setup"),
         Command::Local(args) => local(setup, args, cli.global.aws).await,
         Command::Send(args) => send(setup, args, cli.global.output).await,
-        Command::Status { id } => status(setup, id, cli.global.output).await,
+        Command::Status { id } => ops::status(setup, id, cli.global.output).await,
         Command::Revoke { id } => revoke(setup, id, cli.global.output).await,
         Command::Watch(args) => watch(&setup, args.id, args.timeout.map(Duration::from_secs), cli.global.output).await,
         Command::Schedules(args) => schedules::run(setup, args, cli.global.output, cli.global.aws).await,
+        Command::List(args) => ops::list(setup, args, cli.global.output).await,
+        Command::Queues => ops::queues(setup, cli.global.output).await,
+        Command::Dlq(args) => ops::dlq(setup, args, cli.global.output, cli.global.aws).await,
+        Command::Retry(args) => ops::retry(setup, args, cli.global.output).await,
+        Command::Purge(args) => ops::purge(setup, args, cli.global.output).await,
     }
 }
 
@@ -225,6 +247,9 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
         taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk))
             .await?;
     }
+    // One runtime per data folder: a second one would run every schedule twice.
+    let _lock = if aws { None } else { Some(lock_data_folder(&setup.backend.location)?) };
+    check_schedules(&setup.manifest)?;
     let mut workers = Vec::new();
     for (name, module) in &setup.manifest.modules {
         let registry = modules::registry_for(&module.crate_name).ok_or_else(|| {
@@ -300,6 +325,45 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// Takes the data folder's lock for this process's lifetime, or says who holds it.
+fn lock_data_folder(db: &str) -> Result<std::fs::File> {
+    let path = Path::new(db).with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock().is_err() {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another `taskbeat local` ({}) is already running on {db}; stop it, or give this one its own --data-dir",
+            if holder.trim().is_empty() { "pid unknown".to_owned() } else { format!("pid {}", holder.trim()) }
+        );
+    }
+    let _ = std::fs::write(&path, std::process::id().to_string());
+    Ok(file)
+}
+
+/// Every schedule's task must be one a linked module has, with arguments its parameters take:
+/// otherwise it would be dead-lettered at each firing.
+fn check_schedules(manifest: &Manifest) -> Result<()> {
+    let linked = modules::linked();
+    for (name, schedule) in &manifest.schedules {
+        let spec = linked.iter().find_map(|(_, r)| r.get(&schedule.task)).ok_or_else(|| {
+            anyhow!(
+                "schedule `{name}` sends `{}`, which no module of this binary registers; \
+                 see `taskbeat inspect registered` or fix the task name in the manifest",
+                schedule.task
+            )
+        })?;
+        taskbeat::registry::bind_args(&schedule.task, spec.params(), schedule.args.clone(), schedule.kwargs.clone())
+            .map_err(|e| anyhow!("schedule `{name}`: {}", e.info().message))?;
+    }
+    Ok(())
+}
+
 fn aws_sdk_dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(sdk)
 }
@@ -308,8 +372,23 @@ fn aws_sdk_sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)
 }
 
+/// Parses a JSON flag given inline, as `@FILE`, or as `-` (standard input): large arguments do
+/// not fit on a command line.
 fn parse_json<T: serde::de::DeserializeOwned>(flag: &str, text: &str, expected: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| anyhow!("{flag} must be {expected}: {e} (got {text})"))
+    let (json, from) = if text == "-" {
+        let mut input = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).context("cannot read standard input")?;
+        (input, "standard input".to_owned())
+    } else if let Some(path) = text.strip_prefix('@') {
+        let json = std::fs::read_to_string(path).with_context(|| format!("{flag} {text}: cannot read {path}"))?;
+        (json, path.to_owned())
+    } else {
+        (text.to_owned(), String::new())
+    };
+    serde_json::from_str(&json).map_err(|e| {
+        let got = if from.is_empty() { format!("got {json}") } else { format!("read from {from}") };
+        anyhow!("{flag} must be {expected}, inline, @FILE or - for standard input: {e} ({got})")
+    })
 }
 
 async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
@@ -377,17 +456,6 @@ async fn revoke(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
     match output {
         Output::Json => println!("{}", serde_json::json!({ "id": id, "state": "REVOKED", "previous_state": was })),
         Output::Table => println!("revoked {id} (was {was})"),
-    }
-    Ok(0)
-}
-
-async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
-    let record = setup.backend.store.get(id).await?.ok_or_else(|| {
-        anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location)
-    })?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
-        Output::Table => print!("{}", output::record_table(&record)),
     }
     Ok(0)
 }

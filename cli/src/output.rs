@@ -55,7 +55,7 @@ fn compact(value: &serde_json::Value) -> String {
     }
 }
 
-fn human(d: chrono::Duration) -> String {
+pub fn human(d: chrono::Duration) -> String {
     let ms = d.num_milliseconds().max(0);
     match ms {
         0..=999 => format!("{ms} ms"),

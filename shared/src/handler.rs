@@ -175,6 +175,26 @@ impl BatchHandler {
         outcomes
     }
 
+    /// After a stop that abandoned running tasks (their futures dropped): releases their claims
+    /// so that they run again as soon as their messages are received, instead of waiting out
+    /// the lease. The records say RETRY with why, keeping their retry count.
+    pub async fn release_interrupted(&self, messages: &[crate::queue::ReceivedMessage]) {
+        for message in messages {
+            let Ok(envelope) = Envelope::parse(&message.body) else { continue };
+            let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Retry);
+            completion.error =
+                Some(ErrorInfo::new("Interrupted", "the worker stopped before the task finished; it runs again"));
+            match self.store.get(envelope.id).await {
+                Ok(Some(record)) if matches!(record.state, TaskState::Started | TaskState::Progress) => {
+                    if let Err(e) = self.store.complete(&completion).await {
+                        tracing::warn!(task_id = %envelope.id, error = %e, "could not release an interrupted task");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Handles one record.
     pub async fn process(&self, record: &SqsMessage, deadline: Option<Instant>) -> RecordOutcome {
         self.process_tallied(record, deadline, &mut RecordTally::default()).await
@@ -217,7 +237,8 @@ impl BatchHandler {
 
         if let Some(expires) = envelope.expires.filter(|e| *e <= Utc::now()) {
             let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Revoked);
-            completion.error = Some(ErrorInfo::new("Expired", format!("expired at {expires} before it ran")));
+            completion.error =
+                Some(ErrorInfo::new("Expired", format!("expired at {} before it ran", crate::record::iso(expires))));
             tracing::info!(transition = "REVOKED", reason = "expired", "task not run");
             return tallied(self.record_completion(&completion).await, tally, Outcome::Revoked);
         }
@@ -367,7 +388,7 @@ impl BatchHandler {
             }
         }
         self.delay_redelivery(record, wait).await;
-        RecordOutcome::HandBack(format!("not due until {eta}"))
+        RecordOutcome::HandBack(format!("not due until {}", crate::record::iso(eta)))
     }
 
     /// Keeps a handed-back message hidden for `delay` (at most SQS's 12 h visibility), so that

@@ -1355,8 +1355,18 @@ queue = "alerts"
                 .as_slice(),
             ),
         ];
-        // Calls used only to create resources (`taskbeat --aws local --create-resources`).
-        let provisioning = ["create_table", "update_time_to_live", "create_queue", "set_queue_attributes"];
+        // Calls used only to create resources (`taskbeat --aws local --create-resources`), and
+        // calls only the operator CLI makes with the operator's credentials (`taskbeat purge`,
+        // `taskbeat dlq redrive`): no function's role needs them.
+        let provisioning = [
+            "create_table",
+            "update_time_to_live",
+            "create_queue",
+            "set_queue_attributes",
+            "purge_queue",
+            "start_message_move_task",
+            "list_message_move_tasks",
+        ];
         for (source, pairs) in &calls {
             // An SDK operation is `client.op()` or a `.op()` line right after a `client` line.
             let mut used = BTreeSet::new();

@@ -103,6 +103,7 @@ async fn poll(worker: LocalWorker, mut phase: watch::Receiver<Phase>) {
             }
         };
         let Some(response) = response else {
+            worker.handler.release_interrupted(&messages).await;
             for message in &messages {
                 let _ = worker.queue.change_visibility(&message.receipt_handle, Duration::ZERO).await;
             }

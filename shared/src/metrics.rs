@@ -253,10 +253,10 @@ mod tests {
             }
             for metric in metrics {
                 let name = metric["Name"].as_str().ok_or("a metric has no Name")?;
-                if let Some(unit) = metric.get("Unit") {
-                    if !unit.as_str().is_some_and(|u| UNITS.contains(&u)) {
-                        return Err(format!("metric {name} has unit {unit}"));
-                    }
+                if let Some(unit) = metric.get("Unit")
+                    && !unit.as_str().is_some_and(|u| UNITS.contains(&u))
+                {
+                    return Err(format!("metric {name} has unit {unit}"));
                 }
                 match root.get(name) {
                     Some(Value::Number(_)) => {}

@@ -10,6 +10,13 @@ use crate::state::TaskState;
 
 /// How long a record is kept before the store's TTL removes it.
 pub const DEFAULT_RECORD_TTL: Duration = Duration::days(30);
+/// The most state changes a record's `history` keeps (plus the PROGRESS entry of a run under
+/// way), so a task that is retried or redelivered without end cannot grow its record without
+/// bound.
+pub const HISTORY_LIMIT: usize = 50;
+/// What a history over [`HISTORY_LIMIT`] is cut back to (its newest entries). Cutting back
+/// below the limit means DynamoDB trims once every ten changes, not on every write.
+pub const HISTORY_TRIMMED_TO: usize = 40;
 
 /// The error a failed task recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +32,30 @@ impl ErrorInfo {
     /// An error of a kind with a message.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         ErrorInfo { kind: kind.into(), message: message.into() }
+    }
+}
+
+/// One state change of a task: the state it entered and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// The state entered.
+    pub state: TaskState,
+    /// When.
+    #[serde(with = "iso_millis")]
+    pub at: DateTime<Utc>,
+}
+
+impl StateChange {
+    /// `state` entered at `at`.
+    pub fn new(state: TaskState, at: DateTime<Utc>) -> Self {
+        StateChange { state, at }
+    }
+}
+
+/// Cuts a history over [`HISTORY_LIMIT`] back to its newest [`HISTORY_TRIMMED_TO`] entries.
+pub fn trim_history(history: &mut Vec<StateChange>) {
+    if history.len() > HISTORY_LIMIT {
+        history.drain(..history.len() - HISTORY_TRIMMED_TO);
     }
 }
 
@@ -86,6 +117,11 @@ pub struct TaskRecord {
     pub lease_until: Option<i64>,
     /// Expiry for the store's TTL, epoch seconds.
     pub ttl: i64,
+    /// Every state change, oldest first, written by the same write that changed the state
+    /// (at most [`HISTORY_LIMIT`]; the oldest are dropped beyond). Empty in records written
+    /// before histories were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StateChange>,
 }
 
 impl TaskRecord {
@@ -113,6 +149,7 @@ impl TaskRecord {
             updated_at: now,
             lease_until: None,
             ttl: ttl_from(now),
+            history: vec![StateChange::new(TaskState::Pending, now)],
         }
     }
 
@@ -168,5 +205,45 @@ pub mod iso_millis {
             })
             .transpose()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_before_histories_reads_with_an_empty_one() {
+        let old = r#"{"id":"9f8a7c7e-2d4b-4c1a-8f3e-1a2b3c4d5e6f","task":"t","queue":"default","state":"SUCCESS",
+            "created_at":"2026-12-03T09:59:58.123Z","updated_at":"2026-12-03T09:59:59.402Z","ttl":1767434399}"#;
+        let record: TaskRecord = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert!(record.history.is_empty());
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        assert!(!text.contains("history"), "an empty history is not written: {text}");
+    }
+
+    #[test]
+    fn history_entries_are_state_and_time() {
+        let at = DateTime::parse_from_rfc3339("2026-12-03T09:59:58.123Z").map(|t| t.with_timezone(&Utc));
+        let change = StateChange::new(TaskState::Started, at.unwrap_or_default());
+        assert_eq!(
+            serde_json::to_value(change).unwrap_or_default(),
+            serde_json::json!({"state": "STARTED", "at": "2026-12-03T09:59:58.123Z"})
+        );
+    }
+
+    #[test]
+    fn a_long_history_is_cut_back_to_its_newest_entries() {
+        let now = Utc::now();
+        let mut history: Vec<StateChange> = (0..HISTORY_LIMIT)
+            .map(|i| StateChange::new(TaskState::Retry, now + Duration::milliseconds(i as i64)))
+            .collect();
+        trim_history(&mut history);
+        assert_eq!(history.len(), HISTORY_LIMIT, "at the limit: kept");
+        history.push(StateChange::new(TaskState::Success, now + Duration::seconds(1)));
+        trim_history(&mut history);
+        assert_eq!(history.len(), HISTORY_TRIMMED_TO);
+        assert_eq!(history.last().map(|c| c.state), Some(TaskState::Success), "the newest kept");
+        assert_eq!(history[0].at, now + Duration::milliseconds((HISTORY_LIMIT + 1 - HISTORY_TRIMMED_TO) as i64));
     }
 }

@@ -11,7 +11,9 @@ use taskbeat_e2e::fake_app;
 
 mod infra;
 mod modules;
+mod ops;
 mod schedules;
+mod stops;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskbeat");
 
@@ -48,7 +50,7 @@ fn start_local_env(dir: &Path, env: &[(&str, String)], local_args: &[&str]) -> C
 }
 
 #[allow(clippy::zombie_processes)]
-fn spawn_local(dir: &Path, global: &[&str], local_args: &[&str], env: &[(&str, String)]) -> Child {
+pub(crate) fn spawn_local(dir: &Path, global: &[&str], local_args: &[&str], env: &[(&str, String)]) -> Child {
     let mut child = Command::new(BIN)
         .current_dir(dir)
         .args(global)

@@ -1,10 +1,12 @@
 //! `TaskQueue`: where task messages wait. SQS in AWS, SQLite in `taskbeat local`, with SQS's
 //! semantics either way (visibility timeout, receive count, redrive to a DLQ, per-message delay).
 
+pub mod dead_letters;
 pub mod sqlite;
 pub mod sqs;
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -118,6 +120,44 @@ pub struct QueueDepth {
     pub delayed: u64,
 }
 
+/// How long a message taken to be looked at or moved stays hidden from consumers.
+pub const HANDLING_VISIBILITY: Duration = Duration::from_secs(60);
+/// How long a receive that looks at or moves messages waits for the first one: enough for SQS
+/// to answer from all its servers (a long poll), little enough for an empty queue.
+const HANDLING_WAIT: Duration = Duration::from_secs(1);
+
+/// How messages were moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveMethod {
+    /// SQS's own move task (`StartMessageMoveTask`).
+    MessageMoveTask,
+    /// Received, sent to the target (body, attributes and group as they were), then deleted.
+    ReceiveSendDelete,
+    /// The embedded queue moved the rows in one transaction.
+    Embedded,
+}
+
+/// One moved message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MovedMessage {
+    /// Its id in the queue it left.
+    pub message_id: String,
+    /// Its id in the target queue.
+    pub new_message_id: String,
+}
+
+/// What a move did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveOutcome {
+    /// How.
+    pub method: MoveMethod,
+    /// The messages moved, one by one (empty for SQS's move task, which does not say).
+    pub moved: Vec<MovedMessage>,
+    /// How many moved.
+    pub count: u64,
+}
+
 /// A queue of task messages.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + Debug {
@@ -154,6 +194,138 @@ pub trait TaskQueue: Send + Sync + Debug {
 
     /// How many messages it holds.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// Up to `max` messages that are ready, to look at without consuming them. By default they
+    /// are received (hidden briefly) and made visible again at once: their receive counts go
+    /// up, as with SQS, which has no peek. The embedded queue looks without receiving.
+    async fn peek(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
+        peek_by_receiving(self, max).await
+    }
+
+    /// Moves ready messages to `target`: all of them (`ids` = `None`) or those with these ids.
+    /// None is lost or duplicated; bodies, attributes and FIFO groups stay as they were.
+    async fn move_messages(&self, target: &dyn TaskQueue, ids: Option<&[String]>) -> Result<MoveOutcome, QueueError> {
+        move_by_copy(self, target, ids).await
+    }
+
+    /// Deletes every message (ready, in flight or delayed); returns about how many.
+    async fn purge(&self) -> Result<u64, QueueError>;
+
+    /// The implementation, for operations between two queues of one backend (a move inside
+    /// one embedded database, SQS's move task between two SQS queues).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// [`TaskQueue::peek`] by receiving and releasing: receives until `max` or the queue is empty
+/// (hidden meanwhile so none comes twice), then makes them all visible again.
+pub async fn peek_by_receiving<Q: TaskQueue + ?Sized>(
+    queue: &Q,
+    max: usize,
+) -> Result<Vec<ReceivedMessage>, QueueError> {
+    let mut seen: Vec<ReceivedMessage> = Vec::new();
+    let mut outcome = Ok(());
+    while seen.len() < max {
+        match queue.receive((max - seen.len()).min(10), HANDLING_WAIT, HANDLING_VISIBILITY).await {
+            Ok(batch) if batch.is_empty() => break,
+            Ok(batch) => seen.extend(batch),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    // Released even after an error, so nothing stays hidden longer than it must.
+    release(queue, &seen).await;
+    outcome?;
+    Ok(seen)
+}
+
+/// Makes received messages visible again. A failure is only logged: the message comes back
+/// anyway when its visibility timeout ends.
+async fn release<Q: TaskQueue + ?Sized>(queue: &Q, messages: &[ReceivedMessage]) {
+    for message in messages {
+        if let Err(e) = queue.change_visibility(&message.receipt_handle, Duration::ZERO).await {
+            tracing::warn!(queue = queue.name(), message_id = %message.message_id, error = %e, "not released; visible again within a minute");
+        }
+    }
+}
+
+/// [`TaskQueue::move_messages`] by receive, send, delete: each message is sent to `target`
+/// before it is deleted here, so a failure between the two leaves a copy in both rather than
+/// in neither (the task id makes the second delivery harmless; a FIFO target drops it, the
+/// deduplication id being the message's id here). Messages received but not asked for are
+/// released at the end, and so are messages that arrived after the move began: a worker that
+/// dead-letters a moved message again must not keep the move going for ever.
+pub async fn move_by_copy<Q: TaskQueue + ?Sized>(
+    source: &Q,
+    target: &dyn TaskQueue,
+    ids: Option<&[String]>,
+) -> Result<MoveOutcome, QueueError> {
+    let mut wanted: Option<BTreeSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
+    let began = Utc::now();
+    // Also by body, should the clocks of this machine and the queue's service disagree.
+    let mut moved_bodies: BTreeSet<String> = BTreeSet::new();
+    let mut moved = Vec::new();
+    let mut held: Vec<ReceivedMessage> = Vec::new();
+    let mut outcome = Ok(());
+    'receiving: while wanted.as_ref().is_none_or(|w| !w.is_empty()) {
+        let batch = match source.receive(10, HANDLING_WAIT, HANDLING_VISIBILITY).await {
+            Ok(batch) if batch.is_empty() => break,
+            Ok(batch) => batch,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let mut batch = batch.into_iter();
+        while let Some(message) = batch.next() {
+            if let Some(wanted) = &mut wanted
+                && !wanted.remove(message.message_id.as_str())
+            {
+                held.push(message);
+                continue;
+            }
+            if message.sent_at > began || moved_bodies.contains(&message.body) {
+                held.push(message);
+                continue;
+            }
+            match copy_then_delete(source, target, &message).await {
+                Ok(new_message_id) => {
+                    moved_bodies.insert(message.body);
+                    moved.push(MovedMessage { message_id: message.message_id, new_message_id });
+                }
+                Err(e) => {
+                    held.push(message);
+                    held.extend(batch);
+                    outcome = Err(e);
+                    break 'receiving;
+                }
+            }
+        }
+    }
+    release(source, &held).await;
+    outcome?;
+    let count = moved.len() as u64;
+    Ok(MoveOutcome { method: MoveMethod::ReceiveSendDelete, moved, count })
+}
+
+async fn copy_then_delete<Q: TaskQueue + ?Sized>(
+    source: &Q,
+    target: &dyn TaskQueue,
+    message: &ReceivedMessage,
+) -> Result<String, QueueError> {
+    let fifo = target.is_fifo();
+    let copy = OutgoingMessage {
+        body: message.body.clone(),
+        delay: Duration::ZERO,
+        attributes: message.attributes.clone(),
+        // A dead letter that reached a FIFO DLQ without a group (none should) still needs one.
+        group_id: fifo.then(|| message.group_id.clone().unwrap_or_else(|| "dead-letters".into())),
+        deduplication_id: fifo.then(|| message.message_id.clone()),
+    };
+    let new_id = target.send(copy).await?;
+    source.delete(std::slice::from_ref(&message.receipt_handle)).await?;
+    Ok(new_id)
 }
 
 /// Checks a body against a queue's size limit before anything is written.

@@ -12,7 +12,10 @@ use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_fifo, check_size};
+use super::{
+    MAX_DELAY, MoveMethod, MoveOutcome, MovedMessage, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage,
+    TaskQueue, check_fifo, check_size, move_by_copy,
+};
 use crate::sqlite::Db;
 use crate::store::millis_to_time;
 
@@ -73,6 +76,61 @@ impl SqliteQueue {
     /// The arrival signal, to share with other handles of this queue.
     pub fn arrivals(&self) -> Arc<Notify> {
         self.arrivals.clone()
+    }
+
+    /// Whether `other` is a queue of the same embedded database.
+    fn same_database(&self, other: &SqliteQueue) -> bool {
+        Arc::ptr_eq(&self.db.changes(), &other.db.changes())
+    }
+
+    /// Moves messages to another queue of the same database in one transaction: each keeps
+    /// its id, body, attributes and group, and joins the end of the target as a new send
+    /// would, with no receives counted.
+    async fn move_within(&self, target: &SqliteQueue, ids: Option<&[String]>) -> Result<MoveOutcome, QueueError> {
+        let (source, destination, target_fifo) = (self.name.clone(), target.name.clone(), target.fifo);
+        let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
+        let moved = self
+            .db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                let mut select = conn.prepare_cached(
+                    "SELECT seq, message_id, body, attributes, group_id FROM messages
+                     WHERE queue = ?1 AND visible_at <= ?2 ORDER BY seq",
+                )?;
+                let rows = select
+                    .query_map(params![source, now], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, Option<String>>(4)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut delete = conn.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO messages (message_id, queue, body, attributes, sent_at, visible_at, group_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                )?;
+                let mut moved = Vec::new();
+                for (seq, message_id, body, attributes, group_id) in rows {
+                    if ids.as_ref().is_some_and(|ids| !ids.contains(&message_id)) {
+                        continue;
+                    }
+                    // Groups as a send would have them: a FIFO target needs one, a standard one has none.
+                    let group_id = target_fifo.then(|| group_id.unwrap_or_else(|| "dead-letters".into()));
+                    delete.execute([seq])?;
+                    insert.execute(params![message_id, destination, body, attributes, now, group_id])?;
+                    moved.push(MovedMessage { new_message_id: message_id.clone(), message_id });
+                }
+                Ok(Ok::<_, QueueError>(moved))
+            })
+            .await
+            .map_err(|e| self.error(e))??;
+        target.arrivals.notify_waiters();
+        let count = moved.len() as u64;
+        Ok(MoveOutcome { method: MoveMethod::Embedded, moved, count })
     }
 
     fn error(&self, e: impl ToString) -> QueueError {
@@ -181,6 +239,8 @@ impl TaskQueue for SqliteQueue {
         let attributes = serde_json::to_string(&message.attributes).map_err(|e| self.error(e))?;
         let delay_ms = i64::try_from(message.delay.as_millis()).unwrap_or(0);
         let fifo = self.fifo;
+        // As SQS: a standard queue has no message groups.
+        let group_id = message.group_id.clone().filter(|_| fifo);
         let sent_id = self
             .db
             .call(move |conn| {
@@ -208,7 +268,7 @@ impl TaskQueue for SqliteQueue {
                     "INSERT INTO messages (message_id, queue, body, attributes, sent_at, visible_at, group_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![id, name, message.body, attributes, now, now + delay_ms, message.group_id])?;
+                .execute(params![id, name, message.body, attributes, now, now + delay_ms, group_id])?;
                 Ok(Ok::<_, QueueError>(id))
             })
             .await
@@ -297,5 +357,58 @@ impl TaskQueue for SqliteQueue {
             })
             .await
             .map_err(|e| self.error(e))?
+    }
+
+    async fn peek(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let name = self.name.clone();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.db
+            .call(move |conn| {
+                let now = Utc::now().timestamp_millis();
+                let mut select = conn.prepare_cached(
+                    "SELECT message_id, body, attributes, sent_at, receive_count, first_received, group_id
+                     FROM messages WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
+                )?;
+                let messages = select
+                    .query_map(params![name, now, max], |row| {
+                        Ok(ReceivedMessage {
+                            message_id: row.get(0)?,
+                            // Not received: nothing to delete or release.
+                            receipt_handle: String::new(),
+                            body: row.get(1)?,
+                            attributes: serde_json::from_str(&row.get::<_, String>(2)?).unwrap_or_default(),
+                            sent_at: millis_to_time(row.get(3)?),
+                            receive_count: row.get(4)?,
+                            first_received_at: row.get::<_, Option<i64>>(5)?.map(millis_to_time),
+                            group_id: row.get(6)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Ok::<_, QueueError>(messages))
+            })
+            .await
+            .map_err(|e| self.error(e))?
+    }
+
+    async fn move_messages(&self, target: &dyn TaskQueue, ids: Option<&[String]>) -> Result<MoveOutcome, QueueError> {
+        match target.as_any().downcast_ref::<SqliteQueue>() {
+            Some(embedded) if self.same_database(embedded) => self.move_within(embedded, ids).await,
+            _ => move_by_copy(self, target, ids).await,
+        }
+    }
+
+    async fn purge(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        self.db
+            .call(move |conn| {
+                let deleted = conn.prepare_cached("DELETE FROM messages WHERE queue = ?1")?.execute([name])?;
+                Ok(Ok::<_, QueueError>(deleted as u64))
+            })
+            .await
+            .map_err(|e| self.error(e))?
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

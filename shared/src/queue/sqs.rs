@@ -12,8 +12,26 @@ use aws_sdk_sqs::types::{
 use chrono::Utc;
 use tokio::sync::OnceCell;
 
-use super::{MAX_DELAY, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue, check_fifo, check_size};
+use super::{
+    MAX_DELAY, MoveMethod, MoveOutcome, OutgoingMessage, QueueDepth, QueueError, ReceivedMessage, TaskQueue,
+    check_fifo, check_size, move_by_copy,
+};
 use crate::store::millis_to_time;
+
+/// How often a running move task is looked at.
+const MOVE_POLL: Duration = Duration::from_secs(1);
+/// How long a redrive waits for SQS's move task before it says it goes on without us.
+const MOVE_WAIT: Duration = Duration::from_secs(600);
+/// Error codes with which a service says it does not do `StartMessageMoveTask` (for this
+/// queue, or at all, as emulators).
+const NOT_IMPLEMENTED_CODES: [&str; 6] = [
+    "UnsupportedOperation",
+    "AWS.SimpleQueueService.UnsupportedOperation",
+    "InvalidAction",
+    "UnknownOperationException",
+    "NotImplemented",
+    "NotImplementedException",
+];
 
 /// One SQS queue.
 #[derive(Debug, Clone)]
@@ -21,6 +39,7 @@ pub struct SqsQueue {
     client: Client,
     name: String,
     url: OnceCell<String>,
+    arn: OnceCell<String>,
     max_message_bytes: usize,
 }
 
@@ -31,6 +50,7 @@ impl SqsQueue {
             client,
             name: name.into(),
             url: OnceCell::new(),
+            arn: OnceCell::new(),
             max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -43,6 +63,7 @@ impl SqsQueue {
             client,
             name,
             url: OnceCell::new_with(Some(url)),
+            arn: OnceCell::new(),
             max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -57,6 +78,96 @@ impl SqsQueue {
             })
             .await
             .map(String::as_str)
+    }
+
+    /// The queue's ARN (SQS's move task names queues by ARN).
+    pub async fn arn(&self) -> Result<&str, QueueError> {
+        self.arn
+            .get_or_try_init(|| async {
+                let url = self.url().await?;
+                let out = self
+                    .client
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .map_err(|e| self.map_err(e))?;
+                out.attributes.and_then(|mut a| a.remove(&QueueAttributeName::QueueArn)).ok_or_else(|| {
+                    QueueError::Backend { queue: self.name.clone(), message: "SQS gave no QueueArn".into() }
+                })
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// Moves every message to `target` with SQS's own move task (`StartMessageMoveTask`) and
+    /// waits for it to finish. `Ok(None)` when the service does not do move tasks (emulators;
+    /// a queue it refuses to move from), so that the caller moves the messages itself.
+    async fn move_with_move_task(&self, target: &SqsQueue) -> Result<Option<MoveOutcome>, QueueError> {
+        let source_arn = self.arn().await?.to_owned();
+        let destination_arn = target.arn().await?.to_owned();
+        let started = self
+            .client
+            .start_message_move_task()
+            .source_arn(&source_arn)
+            .destination_arn(&destination_arn)
+            .customize()
+            // An emulator without move tasks answers 500: no point in asking three times.
+            .config_override(
+                aws_sdk_sqs::config::Builder::default()
+                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await;
+        if let Err(e) = &started
+            && not_implemented(e)
+        {
+            tracing::info!(queue = %self.name, error = %aws_error_chain(e), "no SQS move task here; moving messages one by one");
+            return Ok(None);
+        }
+        started.map_err(|e| self.map_err(e))?;
+        let waited = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(MOVE_POLL).await;
+            let listed = self
+                .client
+                .list_message_move_tasks()
+                .source_arn(&source_arn)
+                .max_results(1)
+                .send()
+                .await
+                .map_err(|e| self.map_err(e))?;
+            // The most recent task first: ours (a DLQ has one move task at a time).
+            let Some(task) = listed.results.unwrap_or_default().into_iter().next() else { continue };
+            match task.status.as_deref() {
+                Some("COMPLETED") => {
+                    let count = u64::try_from(task.approximate_number_of_messages_moved).unwrap_or(0);
+                    return Ok(Some(MoveOutcome { method: MoveMethod::MessageMoveTask, moved: Vec::new(), count }));
+                }
+                Some(status @ ("FAILED" | "CANCELLING" | "CANCELLED")) => {
+                    return Err(QueueError::Backend {
+                        queue: self.name.clone(),
+                        message: format!(
+                            "SQS move task {status} after moving {} messages: {}",
+                            task.approximate_number_of_messages_moved,
+                            task.failure_reason.as_deref().unwrap_or("no reason given")
+                        ),
+                    });
+                }
+                _ if waited.elapsed() > MOVE_WAIT => {
+                    return Err(QueueError::Backend {
+                        queue: self.name.clone(),
+                        message: format!(
+                            "SQS move task still running after {} s ({} moved so far); it goes on: see the queue's \"DLQ redrive\" in the SQS console",
+                            MOVE_WAIT.as_secs(),
+                            task.approximate_number_of_messages_moved
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
     }
 
     fn map_err<E, R>(&self, e: SdkError<E, R>) -> QueueError
@@ -77,6 +188,16 @@ impl SqsQueue {
         };
         QueueError::Backend { queue: self.name.clone(), message }
     }
+}
+
+/// Whether the service says it does not do this operation: a code saying so, 501, or an
+/// answer that is not an AWS error at all (an emulator's 500 or 404 page).
+fn not_implemented<E: ProvideErrorMetadata>(e: &SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> bool {
+    if e.code().is_some_and(|code| NOT_IMPLEMENTED_CODES.contains(&code)) {
+        return true;
+    }
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    status == Some(501) || (matches!(status, Some(500 | 404)) && e.code().is_none_or(|c| c.is_empty() || c == "500"))
 }
 
 /// The whole chain of an SDK error, for messages where the service gave no code.
@@ -250,5 +371,35 @@ impl TaskQueue for SqsQueue {
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    async fn move_messages(&self, target: &dyn TaskQueue, ids: Option<&[String]>) -> Result<MoveOutcome, QueueError> {
+        // SQS's move task moves everything; one message is moved by hand.
+        if let (None, Some(target_sqs)) = (ids, target.as_any().downcast_ref::<SqsQueue>())
+            && let Some(outcome) = self.move_with_move_task(target_sqs).await?
+        {
+            return Ok(outcome);
+        }
+        move_by_copy(self, target, ids).await
+    }
+
+    async fn purge(&self) -> Result<u64, QueueError> {
+        let depth = self.depth().await?;
+        let url = self.url().await?;
+        self.client.purge_queue().queue_url(url).send().await.map_err(|e| {
+            if e.code().is_some_and(|c| c.contains("PurgeQueueInProgress")) {
+                QueueError::Backend {
+                    queue: self.name.clone(),
+                    message: "SQS allows one purge of a queue every 60 seconds; try again in a minute".into(),
+                }
+            } else {
+                self.map_err(e)
+            }
+        })?;
+        Ok(depth.visible + depth.in_flight + depth.delayed)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

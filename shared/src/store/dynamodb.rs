@@ -1,6 +1,11 @@
 //! The DynamoDB `StateStore` (aws-sdk-dynamodb). One flat item per task id, readable in the
 //! console; every write is one conditional `UpdateItem`/`PutItem`, and every attribute name goes
 //! through `ExpressionAttributeNames` (`state`, `status`, `name`, `ttl` are reserved words).
+//!
+//! The `history` list grows in the write that changes the state (`list_append` in the same
+//! `UpdateItem`). Progress reports do not know whether they are the first of their run, so a
+//! report keeps its PROGRESS entry in `history_progress` (`if_not_exists`: the first one wins)
+//! and the run's next state change moves it into `history`; reads show both as one history.
 
 use std::collections::HashMap;
 
@@ -12,13 +17,16 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{ClaimOutcome, ClaimRequest, Completion, ListBy, ListQuery, ProgressUpdate, StateStore, StoreError};
+use super::{
+    ClaimOutcome, ClaimRequest, Completion, DEAD_LETTER_ERROR_KINDS, ListBy, ListCursor, ListQuery, ProgressUpdate,
+    StateStore, StoreError,
+};
 use crate::queue::sqs::aws_error_chain;
-use crate::record::{TaskRecord, iso, ttl_from};
+use crate::record::{HISTORY_LIMIT, HISTORY_TRIMMED_TO, StateChange, TaskRecord, iso, ttl_from};
 use crate::state::TaskState;
 
 /// DynamoDB's item size limit.
@@ -29,6 +37,11 @@ pub const HASH_KEY: &str = "id";
 pub const MARKER_PREFIX: &str = "marker#";
 /// The TTL attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "ttl";
+/// The list of state changes.
+pub const HISTORY_ATTRIBUTE: &str = "history";
+/// The PROGRESS entry of the current run, until the run's next state change moves it into
+/// `history` (a one-entry list, so `list_append` can take it as it is).
+pub const OPEN_PROGRESS_ATTRIBUTE: &str = "history_progress";
 
 /// A global secondary index of the task table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +139,90 @@ impl DynamoStore {
     fn key(id: Uuid) -> HashMap<String, AttributeValue> {
         HashMap::from([(HASH_KEY.to_owned(), AttributeValue::S(id.to_string()))])
     }
+
+    /// Cuts a history the last write took past [`HISTORY_LIMIT`] back to its newest
+    /// [`HISTORY_TRIMMED_TO`] entries: one small write once every ten state changes, and only
+    /// for a task that changed state more than fifty times. Unless `history` still has the
+    /// length seen, another write came first and this one is skipped (the next change trims).
+    async fn trim_history(&self, id: Uuid, seen: Option<&AttributeValue>) {
+        let Some(AttributeValue::L(history)) = seen else { return };
+        if history.len() <= HISTORY_LIMIT {
+            return;
+        }
+        let mut expr = Expr::default();
+        let list = expr.name(HISTORY_ATTRIBUTE);
+        let removes: Vec<String> = (0..history.len() - HISTORY_TRIMMED_TO).map(|i| format!("{list}[{i}]")).collect();
+        let seen_len = expr.value(n_attr(history.len()));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(id)))
+            .update_expression(format!("REMOVE {}", removes.join(", ")))
+            .condition_expression(format!("size({list}) = {seen_len}"))
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(task_id = %id, error = %map_err(e), "history not trimmed; the next state change tries again");
+        }
+    }
+
+    /// One Query of an index, newest first, from `start`.
+    #[allow(clippy::too_many_arguments)]
+    async fn query_index(
+        &self,
+        index: IndexSpec,
+        key: &str,
+        state: Option<TaskState>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        page_size: usize,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<(Vec<TaskRecord>, Option<HashMap<String, AttributeValue>>), StoreError> {
+        let mut expr = Expr::default();
+        let hash = expr.name(index.hash_key);
+        let hash_value = expr.value(s_attr(key));
+        let mut condition = format!("{hash} = {hash_value}");
+        let range = if since.is_some() || until.is_some() { expr.name(index.range_key) } else { String::new() };
+        match (since, until) {
+            (Some(since), Some(until)) => {
+                let (low, high) = (expr.value(s_attr(&iso(since))), expr.value(s_attr(&iso(until))));
+                condition.push_str(&format!(" AND {range} BETWEEN {low} AND {high}"));
+            }
+            (Some(since), None) => {
+                let low = expr.value(s_attr(&iso(since)));
+                condition.push_str(&format!(" AND {range} >= {low}"));
+            }
+            (None, Some(until)) => {
+                let high = expr.value(s_attr(&iso(until)));
+                condition.push_str(&format!(" AND {range} <= {high}"));
+            }
+            (None, None) => {}
+        }
+        let filter = state.map(|state| {
+            let (name, value) = (expr.name("state"), expr.value(s_attr(state.as_str())));
+            format!("{name} = {value}")
+        });
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index.name)
+            .key_condition_expression(condition)
+            .set_filter_expression(filter)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
+            .scan_index_forward(false)
+            .limit(i32::try_from(page_size.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let records = out.items.unwrap_or_default().into_iter().map(from_item).collect::<Result<Vec<_>, _>>()?;
+        Ok((records, out.last_evaluated_key))
+    }
 }
 
 /// Builds update and condition expressions with every name and value as a placeholder.
@@ -165,6 +262,20 @@ impl Expr {
         self.removes.push(n);
     }
 
+    /// Appends `state` to the history in this write, after the run's PROGRESS entry if it has
+    /// one (which leaves `history_progress`).
+    fn append_history(&mut self, state: TaskState, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let history = self.name(HISTORY_ATTRIBUTE);
+        let open = self.name(OPEN_PROGRESS_ATTRIBUTE);
+        let empty = self.value(AttributeValue::L(Vec::new()));
+        let entry = self.value(to_attr(&[StateChange::new(state, at)])?);
+        self.sets.push(format!(
+            "{history} = list_append(list_append(if_not_exists({history}, {empty}), if_not_exists({open}, {empty})), {entry})"
+        ));
+        self.removes.push(open);
+        Ok(())
+    }
+
     /// `NOT #state IN (:terminal...)`.
     fn not_terminal(&mut self) -> String {
         let state = self.name("state");
@@ -193,12 +304,19 @@ fn to_attr<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
     serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::Backend(format!("cannot encode attribute: {e}")))
 }
 
-fn from_item(item: HashMap<String, AttributeValue>) -> Result<TaskRecord, StoreError> {
+fn from_item(mut item: HashMap<String, AttributeValue>) -> Result<TaskRecord, StoreError> {
     let id = match item.get(HASH_KEY) {
         Some(AttributeValue::S(id)) => id.clone(),
         _ => String::new(),
     };
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt { id, message: e.to_string() })
+    let corrupt = |e: serde_dynamo::Error| StoreError::Corrupt { id: id.clone(), message: e.to_string() };
+    let open = item.remove(OPEN_PROGRESS_ATTRIBUTE);
+    let mut record: TaskRecord = serde_dynamo::from_item(item).map_err(corrupt)?;
+    if let Some(open) = open {
+        let entries: Vec<StateChange> = serde_dynamo::from_attribute_value(open).map_err(corrupt)?;
+        record.history.extend(entries);
+    }
+    Ok(record)
 }
 
 fn map_err<E, R>(e: SdkError<E, R>) -> StoreError
@@ -277,6 +395,7 @@ impl StateStore for DynamoStore {
         expr.set("started_at", s_attr(&iso(now)));
         expr.set("updated_at", s_attr(&iso(now)));
         expr.set("lease_until", n_attr((now + request.lease).timestamp_millis()));
+        expr.append_history(TaskState::Started, now)?;
         expr.set_if_missing("task", s_attr(&request.task));
         expr.set_if_missing("queue", s_attr(&request.queue));
         expr.set_if_missing("args", to_attr(&request.args)?);
@@ -312,7 +431,13 @@ impl StateStore for DynamoStore {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(ClaimOutcome::Claimed(Box::new(from_item(out.attributes.unwrap_or_default())?))),
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                self.trim_history(request.id, item.get(HISTORY_ATTRIBUTE)).await;
+                let mut record = from_item(item)?;
+                crate::record::trim_history(&mut record.history);
+                Ok(ClaimOutcome::Claimed(Box::new(record)))
+            }
             Err(e) => {
                 let old = condition_failed(&e).map(Option::unwrap_or_default);
                 match old {
@@ -334,8 +459,11 @@ impl StateStore for DynamoStore {
     #[tracing::instrument(level = "debug", skip_all, fields(task_id = %id))]
     async fn progress(&self, id: Uuid, update: &ProgressUpdate) -> Result<(), StoreError> {
         let mut expr = Expr::default();
+        let now = Utc::now();
         expr.set("state", s_attr(TaskState::Progress.as_str()));
-        expr.set("updated_at", s_attr(&iso(Utc::now())));
+        expr.set("updated_at", s_attr(&iso(now)));
+        // The first report of the run keeps its time; the run's next state change files it.
+        expr.set_if_missing(OPEN_PROGRESS_ATTRIBUTE, to_attr(&[StateChange::new(TaskState::Progress, now)])?);
         merged_progress(&mut expr, update)?;
         let key = expr.name(HASH_KEY);
         let condition = format!("attribute_exists({key}) AND {}", expr.not_terminal());
@@ -374,6 +502,7 @@ impl StateStore for DynamoStore {
         merged_progress(&mut expr, &last)?;
         expr.set("state", s_attr(completion.state.as_str()));
         expr.set("updated_at", s_attr(&iso(now)));
+        expr.append_history(completion.state, now)?;
         expr.remove("lease_until");
         match &completion.error {
             Some(error) => expr.set("error", to_attr(error)?),
@@ -412,11 +541,16 @@ impl StateStore for DynamoStore {
             .condition_expression(condition)
             .set_expression_attribute_names(Some(expr.names))
             .set_expression_attribute_values(Some(expr.values))
+            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(out) => {
+                let updated = out.attributes.unwrap_or_default();
+                self.trim_history(completion.id, updated.get(HISTORY_ATTRIBUTE)).await;
+                Ok(())
+            }
             Err(e) => {
                 if let Some(old) = condition_failed(&e) {
                     let state = old.map(from_item).transpose()?.map_or(TaskState::Success, |r| r.state);
@@ -472,46 +606,89 @@ impl StateStore for DynamoStore {
 
     #[tracing::instrument(level = "debug", skip(self))]
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
-        let (index, key) = match &query.by {
-            ListBy::State(state) => (BY_STATE, state.as_str().to_owned()),
-            ListBy::Task(task) => (BY_TASK, task.clone()),
+        self.list_page(query, None).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_page(&self, query: &ListQuery, cursor: Option<&ListCursor>) -> Result<Vec<TaskRecord>, StoreError> {
+        let (index, key, state) = match &query.by {
+            ListBy::State(state) => (BY_STATE, state.as_str().to_owned(), None),
+            ListBy::Task(task) => (BY_TASK, task.clone(), None),
+            ListBy::TaskAndState(task, state) => (BY_TASK, task.clone(), Some(*state)),
         };
-        let mut records = Vec::new();
+        let limit = query.limit;
+        let until = cursor.map(|c| c.created_at);
+        if limit == 0 || query.since.zip(until).is_some_and(|(since, until)| since > until) {
+            return Ok(Vec::new());
+        }
+        let mut records: Vec<TaskRecord> = Vec::new();
         let mut start = None;
         loop {
-            let mut expr = Expr::default();
-            let hash = expr.name(index.hash_key);
-            let hash_value = expr.value(s_attr(&key));
-            let mut condition = format!("{hash} = {hash_value}");
-            if let Some(since) = query.since {
-                let range = expr.name(index.range_key);
-                let since = expr.value(s_attr(&iso(since)));
-                condition.push_str(&format!(" AND {range} >= {since}"));
+            // Past a full page, small pages are enough to see the end of the boundary's tie.
+            let page_size = if records.len() < limit { limit - records.len() + 1 } else { 10 };
+            let (page, next) = self.query_index(index, &key, state, query.since, until, page_size, start).await?;
+            records.extend(page.into_iter().filter(|r| cursor.is_none_or(|c| c.precedes(r))));
+            start = next;
+            if start.is_none() {
+                break;
             }
-            let remaining = query.limit.saturating_sub(records.len());
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(index.name)
-                .key_condition_expression(condition)
-                .set_expression_attribute_names(Some(expr.names))
-                .set_expression_attribute_values(Some(expr.values))
-                .scan_index_forward(false)
-                .limit(i32::try_from(remaining).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(map_err)?;
-            for item in out.items.unwrap_or_default() {
-                records.push(from_item(item)?);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() || records.len() >= query.limit {
+            // The index orders by created_at only; records of the same millisecond come in any
+            // order. Once a record older than the page's last one is in, every record sharing
+            // the page's last time is in too, and (created_at, id) order can be cut exactly.
+            if records.len() >= limit && records.last().map(|r| r.created_at) < Some(records[limit - 1].created_at) {
                 break;
             }
         }
-        records.truncate(query.limit);
+        records.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+        records.truncate(limit);
         Ok(records)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn reopen_dead_letter(&self, id: Uuid) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let mut expr = Expr::default();
+        expr.set("state", s_attr(TaskState::Pending.as_str()));
+        expr.set("updated_at", s_attr(&iso(now)));
+        expr.append_history(TaskState::Pending, now)?;
+        for attr in ["error", "result", "finished_at", "lease_until"] {
+            expr.remove(attr);
+        }
+        let state = expr.name("state");
+        let failure = expr.value(s_attr(TaskState::Failure.as_str()));
+        let (error, kind) = (expr.name("error"), expr.name("type"));
+        let kinds: Vec<String> = DEAD_LETTER_ERROR_KINDS.iter().map(|k| expr.value(s_attr(k))).collect();
+        let condition = format!("{state} = {failure} AND {error}.{kind} IN ({})", kinds.join(", "));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(id)))
+            .update_expression(expr.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                self.trim_history(id, out.attributes.unwrap_or_default().get(HISTORY_ATTRIBUTE)).await;
+                Ok(true)
+            }
+            Err(e) => match condition_failed(&e) {
+                Some(Some(item)) if !item.is_empty() => {
+                    let record = from_item(item)?;
+                    if record.state.is_terminal() {
+                        Err(StoreError::Terminal { id, state: record.state })
+                    } else {
+                        Ok(false)
+                    }
+                }
+                Some(_) => Ok(false),
+                None => Err(map_err(e)),
+            },
+        }
     }
 }

@@ -7,14 +7,15 @@
 pub mod dynamodb;
 pub mod sqlite;
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::record::{ErrorInfo, TaskRecord};
+use crate::record::{ErrorInfo, StateChange, TaskRecord, iso, trim_history};
 use crate::state::TaskState;
 
 /// What went wrong in a store.
@@ -152,7 +153,63 @@ pub enum ListBy {
     State(TaskState),
     /// Tasks of one name.
     Task(String),
+    /// Tasks of one name in one state (the task index, filtered by state).
+    TaskAndState(String, TaskState),
 }
+
+/// Where a page of a listing ends: the last record's creation time and id. Listings are
+/// ordered by (`created_at`, `id`), newest first, so records created in the same millisecond
+/// are neither skipped nor repeated between pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The last listed record's creation time.
+    pub created_at: DateTime<Utc>,
+    /// The last listed record's id.
+    pub id: Uuid,
+}
+
+impl ListCursor {
+    /// The cursor after `record`.
+    pub fn after(record: &TaskRecord) -> Self {
+        ListCursor { created_at: record.created_at, id: record.id }
+    }
+
+    /// Whether `record` comes after the cursor in listing order (is older, or as old with a
+    /// smaller id).
+    pub fn precedes(&self, record: &TaskRecord) -> bool {
+        (record.created_at, record.id) < (self.created_at, self.id)
+    }
+}
+
+/// Written as `<created_at>_<id>` (`2026-12-03T09:59:58.123Z_9f8a7c7e-...`): the `next` a
+/// listing prints and `--cursor` takes.
+impl fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", iso(self.created_at), self.id)
+    }
+}
+
+/// A cursor that is not `<time>_<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor `{0}`: pass the `next` value a listing printed (<time>_<task id>)")]
+pub struct InvalidCursor(pub String);
+
+impl FromStr for ListCursor {
+    type Err = InvalidCursor;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidCursor(text.to_owned());
+        let (time, id) = text.trim().rsplit_once('_').ok_or_else(invalid)?;
+        let created_at = DateTime::parse_from_rfc3339(time).map_err(|_| invalid())?.with_timezone(&Utc);
+        let id = Uuid::parse_str(id).map_err(|_| invalid())?;
+        Ok(ListCursor { created_at, id })
+    }
+}
+
+/// The error kinds the batch handler records when it dead-letters a message without running it
+/// (a body that is not an envelope, a task the module does not have). Such a FAILURE can be
+/// reopened by a redrive ([`StateStore::reopen_dead_letter`]).
+pub const DEAD_LETTER_ERROR_KINDS: [&str; 2] = ["MalformedMessage", "UnknownTask"];
 
 /// A list request: newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +242,27 @@ pub trait StateStore: Send + Sync + Debug {
 
     /// Lists records through an index, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// One page of a listing: like [`StateStore::list`], ordered by (`created_at`, `id`)
+    /// newest first, starting after `cursor` (the previous page's last record).
+    async fn list_page(&self, query: &ListQuery, cursor: Option<&ListCursor>) -> Result<Vec<TaskRecord>, StoreError> {
+        match cursor {
+            None => self.list(query).await,
+            Some(_) => Err(StoreError::Backend("this state store cannot list past a cursor".into())),
+        }
+    }
+
+    /// Makes a task whose message was dead-lettered without running (a FAILURE of a kind in
+    /// [`DEAD_LETTER_ERROR_KINDS`]) runnable again: PENDING, error cleared, history noting it.
+    /// The one exception to "a terminal state is never rewritten", for an operator's redrive.
+    /// Returns true when it reopened the record; false when there is nothing to reopen (no
+    /// record, or one not finished, which runs when its message comes back anyway); `Terminal`
+    /// when the task finished otherwise (it ran, or was revoked): its message would be
+    /// acknowledged without running.
+    async fn reopen_dead_letter(&self, id: Uuid) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Backend("this state store cannot reopen dead-lettered tasks".into()))
+    }
 
     /// Celery's `revoke(id)`: marks a task REVOKED unless it is finished. A pending task is then
     /// never started; a running one sees it through `ctx.is_revoked()`, and its end is not
@@ -224,6 +302,8 @@ pub fn apply_claim(
             record.started_at = Some(now);
             record.updated_at = now;
             record.lease_until = Some(lease_until);
+            record.history.push(StateChange::new(TaskState::Started, now));
+            trim_history(&mut record.history);
             Ok(record)
         }
         None => Ok(TaskRecord {
@@ -247,6 +327,7 @@ pub fn apply_claim(
             updated_at: now,
             lease_until: Some(lease_until),
             ttl: crate::record::ttl_from(now),
+            history: vec![StateChange::new(TaskState::Started, now)],
         }),
     }
 }
@@ -261,6 +342,12 @@ pub fn apply_progress(
     let mut record = current.ok_or(StoreError::NotFound(id))?;
     if record.state.is_terminal() {
         return Err(StoreError::Terminal { id, state: record.state });
+    }
+    // Only the first report of a run changes the state; the others only move the progress.
+    // Not trimmed here: DynamoDB files this entry with the run's next state change, and trims
+    // then, so both backends trim at the same writes and keep the same entries.
+    if record.state != TaskState::Progress {
+        record.history.push(StateChange::new(TaskState::Progress, now));
     }
     record.state = TaskState::Progress;
     merge_progress(&mut record, update);
@@ -300,6 +387,7 @@ pub fn apply_completion(
             updated_at: now,
             lease_until: None,
             ttl: crate::record::ttl_from(now),
+            history: Vec::new(),
         },
     };
     if let Some(update) = &completion.last_progress {
@@ -308,6 +396,8 @@ pub fn apply_completion(
     record.state = completion.state;
     record.updated_at = now;
     record.lease_until = None;
+    record.history.push(StateChange::new(completion.state, now));
+    trim_history(&mut record.history);
     if let Some(retries) = completion.retries {
         record.retries = retries;
     }
@@ -320,6 +410,86 @@ pub fn apply_completion(
         }
     }
     Ok(record)
+}
+
+/// Whether a record is the FAILURE of a dead-lettering (see [`DEAD_LETTER_ERROR_KINDS`]).
+pub fn is_dead_letter_failure(record: &TaskRecord) -> bool {
+    record.state == TaskState::Failure
+        && record.error.as_ref().is_some_and(|e| DEAD_LETTER_ERROR_KINDS.contains(&e.kind.as_str()))
+}
+
+/// Applies a redrive's reopening to the current record, as every backend must: `Ok(Some)` is
+/// the record to write, `Ok(None)` nothing to do (see [`StateStore::reopen_dead_letter`]).
+pub fn apply_reopen(
+    current: Option<TaskRecord>,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(mut record) = current else { return Ok(None) };
+    if !record.state.is_terminal() {
+        return Ok(None);
+    }
+    if !is_dead_letter_failure(&record) {
+        return Err(StoreError::Terminal { id, state: record.state });
+    }
+    record.state = TaskState::Pending;
+    record.error = None;
+    record.result = None;
+    record.finished_at = None;
+    record.lease_until = None;
+    record.updated_at = now;
+    record.history.push(StateChange::new(TaskState::Pending, now));
+    trim_history(&mut record.history);
+    Ok(Some(record))
+}
+
+/// Which tasks a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this task name.
+    pub task: Option<String>,
+    /// Only tasks created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// Records, newest first.
+    pub records: Vec<TaskRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<ListCursor>,
+}
+
+/// Lists tasks newest first through the indexes (never a scan): by task name (and state), by
+/// state, or, with neither, the per-state listings merged. Up to `limit` records after
+/// `cursor`, and the cursor of the next page when there is one.
+pub async fn list_tasks(
+    store: &dyn StateStore,
+    filter: &ListFilter,
+    cursor: Option<&ListCursor>,
+    limit: usize,
+) -> Result<ListPage, StoreError> {
+    let limit = limit.max(1);
+    // One more than asked says whether another page exists.
+    let query = |by: ListBy| ListQuery { by, since: filter.since, limit: limit.saturating_add(1) };
+    let queries: Vec<ListQuery> = match (&filter.task, filter.state) {
+        (Some(task), Some(state)) => vec![query(ListBy::TaskAndState(task.clone(), state))],
+        (Some(task), None) => vec![query(ListBy::Task(task.clone()))],
+        (None, Some(state)) => vec![query(ListBy::State(state))],
+        (None, None) => TaskState::ALL.into_iter().map(|state| query(ListBy::State(state))).collect(),
+    };
+    let pages = futures::future::try_join_all(queries.iter().map(|q| store.list_page(q, cursor))).await?;
+    let mut records: Vec<TaskRecord> = pages.into_iter().flatten().collect();
+    // A record changing state between two of the per-state queries can show up in both.
+    records.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+    records.dedup_by_key(|r| r.id);
+    let more = records.len() > limit;
+    records.truncate(limit);
+    let next = if more { records.last().map(ListCursor::after) } else { None };
+    Ok(ListPage { records, next })
 }
 
 fn merge_progress(record: &mut TaskRecord, update: &ProgressUpdate) {

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, ClaimRequest, Completion, ListBy, ListQuery, ProgressUpdate, StateStore, StoreError, apply_claim,
-    apply_completion, apply_progress,
+    ClaimOutcome, ClaimRequest, Completion, ListBy, ListCursor, ListQuery, ProgressUpdate, StateStore, StoreError,
+    apply_claim, apply_completion, apply_progress, apply_reopen,
 };
 use crate::record::{TaskRecord, iso};
 use crate::sqlite::{Db, DbError};
@@ -144,33 +144,71 @@ impl StateStore for SqliteStore {
 
     #[tracing::instrument(level = "debug", skip(self))]
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        self.list_page(query, None).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_page(&self, query: &ListQuery, cursor: Option<&ListCursor>) -> Result<Vec<TaskRecord>, StoreError> {
         let query = query.clone();
+        let cursor = cursor.copied();
         self.db
             .call(move |conn| {
                 let since = query.since.map(iso).unwrap_or_default();
+                // Past the cursor: older, or as old with a smaller id. Without one, past the
+                // end of time (every created_at sorts before "~").
+                let (before, before_id) =
+                    cursor.map_or(("~".to_owned(), String::new()), |c| (iso(c.created_at), c.id.to_string()));
                 let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-                let (sql, key) = match &query.by {
+                let page = "AND created_at >= ?2 AND (created_at < ?3 OR (created_at = ?3 AND id < ?4))
+                            ORDER BY created_at DESC, id DESC LIMIT ?5";
+                let (sql, key, state) = match &query.by {
                     ListBy::State(state) => (
-                        "SELECT id, record FROM tasks INDEXED BY tasks_by_state
-                         WHERE state = ?1 AND created_at >= ?2 ORDER BY created_at DESC LIMIT ?3",
+                        format!("SELECT id, record FROM tasks INDEXED BY tasks_by_state WHERE state = ?1 {page}"),
                         state.as_str().to_owned(),
+                        None,
                     ),
                     ListBy::Task(task) => (
-                        "SELECT id, record FROM tasks INDEXED BY tasks_by_task
-                         WHERE task = ?1 AND created_at >= ?2 ORDER BY created_at DESC LIMIT ?3",
+                        format!("SELECT id, record FROM tasks INDEXED BY tasks_by_task WHERE task = ?1 {page}"),
                         task.clone(),
+                        None,
+                    ),
+                    ListBy::TaskAndState(task, state) => (
+                        format!(
+                            "SELECT id, record FROM tasks INDEXED BY tasks_by_task WHERE task = ?1 AND state = ?6 {page}"
+                        ),
+                        task.clone(),
+                        Some(state.as_str()),
                     ),
                 };
-                let mut statement = conn.prepare_cached(sql)?;
-                let rows = statement.query_map(params![key, since, limit], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })?;
-                let mut records = Vec::new();
-                for row in rows {
-                    let (id, text) = row?;
+                let mut statement = conn.prepare_cached(&sql)?;
+                let decode_row = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?));
+                let rows = match state {
+                    Some(state) => statement
+                        .query_map(params![key, since, before, before_id, limit, state], decode_row)?
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None => statement
+                        .query_map(params![key, since, before, before_id, limit], decode_row)?
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                let mut records = Vec::with_capacity(rows.len());
+                for (id, text) in rows {
                     records.push(decode(&id, &text)?);
                 }
                 Ok(Ok(records))
+            })
+            .await?
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn reopen_dead_letter(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.db
+            .call(move |conn| {
+                let current = read(conn, id)?;
+                match apply_reopen(current, id, Utc::now()) {
+                    Ok(Some(record)) => write(conn, &record).map(|()| Ok(true)),
+                    Ok(None) => Ok(Ok(false)),
+                    Err(e) => Ok(Err(e)),
+                }
             })
             .await?
     }

@@ -1,5 +1,7 @@
 //! The built `user` binary under a Lambda Runtime API served by this test: it gets an SQS event,
-//! and the batch response it posts back names exactly the record to redeliver.
+//! and the batch response it posts back names exactly the record to redeliver. Its stdout holds
+//! flat JSON log lines (request id, message id, task id, task, transition, duration; never an
+//! argument or a secret the test planted) and the batch's CloudWatch EMF lines.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -73,6 +75,12 @@ fn record(message_id: &str, body: &str, queue_arn: &str) -> Value {
     })
 }
 
+/// Values that must never reach the logs: arguments and the function's AWS secret key.
+const PLANTED_USER: &str = "u-planted-3b8e";
+const PLANTED_DOWN_USER: &str = "down-planted-9c1f";
+const PLANTED_BODY_SECRET: &str = "sk-planted-body-77aa";
+const PLANTED_AWS_SECRET: &str = "planted-aws-secret-5e2d";
+
 #[tokio::test]
 async fn the_binary_answers_an_sqs_event_with_its_batch_response() {
     let app = fake_app::spawn(fake_app::Options::default()).await;
@@ -87,19 +95,20 @@ async fn the_binary_answers_an_sqs_event_with_its_batch_response() {
 
     let ok = Envelope::new(
         "app.schedules.user_task.process_users",
-        vec![json!(["u1", "u2"]), json!("recompute")],
+        vec![json!([PLANTED_USER, "u2"]), json!("recompute")],
         Default::default(),
     );
     let flaky = Envelope::new(
         "app.schedules.user_task.process_users",
-        vec![json!(["down-1"]), json!("recompute")],
+        vec![json!([PLANTED_DOWN_USER]), json!("recompute")],
         Default::default(),
     );
     let arn = format!("arn:aws:sqs:us-east-1:123456789012:{}", manifest.sqs_queue_name("default"));
+    let garbage = format!("<xml>not an envelope: {PLANTED_BODY_SECRET}</xml>");
     let event = json!({ "Records": [
         record("msg-ok", &ok.to_body(), &arn),
         record("msg-flaky", &flaky.to_body(), &arn),
-        record("msg-garbage", "<xml>not an envelope</xml>", &arn),
+        record("msg-garbage", &garbage, &arn),
     ]});
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -123,7 +132,7 @@ async fn the_binary_answers_an_sqs_event_with_its_batch_response() {
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_SECRET_ACCESS_KEY", PLANTED_AWS_SECRET)
         .env("AWS_ENDPOINT_URL", emulator::endpoint())
         .env("TASKBEAT_TABLE", manifest.table_name())
         .env("TASKBEAT_DLQ_URL", &dlq_url)
@@ -153,14 +162,56 @@ async fn the_binary_answers_an_sqs_event_with_its_batch_response() {
         .unwrap();
     assert_eq!(item["state"].as_s().unwrap(), "SUCCESS");
     let dead = sqs.receive_message().queue_url(&dlq_url).wait_time_seconds(1).send().await.unwrap();
-    assert_eq!(dead.messages.unwrap_or_default()[0].body.as_deref(), Some("<xml>not an envelope</xml>"));
+    assert_eq!(dead.messages.unwrap_or_default()[0].body.as_deref(), Some(garbage.as_str()));
 
-    // Logs are JSON lines; none carries an argument value.
-    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    // Every stdout line is JSON: log lines, and the batch's EMF documents (with `_aws`).
+    let (metrics, lines): (Vec<Value>, Vec<Value>) = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
-        .collect();
-    assert!(lines.iter().any(|l| l["fields"]["message"] == "task finished"), "{logs}");
-    assert!(!logs.contains("down-1") && !logs.contains("\"u1\""), "arguments leaked into logs:\n{logs}");
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .partition(|l| l.get("_aws").is_some());
+    for planted in [PLANTED_USER, PLANTED_DOWN_USER, PLANTED_BODY_SECRET, PLANTED_AWS_SECRET] {
+        assert!(!logs.contains(planted), "{planted} leaked into the output:\n{logs}");
+    }
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()), "{logs}");
+    let line = |message_id: &str, message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message_id"] == message_id && l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line for {message_id}:\n{logs}"))
+            .clone()
+    };
+    for (message_id, envelope, transition) in [("msg-ok", &ok, "SUCCESS"), ("msg-flaky", &flaky, "RETRY")] {
+        assert_eq!(line(message_id, "task started")["transition"], "STARTED");
+        let finished = line(message_id, "task finished");
+        assert_eq!(finished["request_id"], "req-0001", "the Lambda request id, at the top level: {finished}");
+        assert_eq!(finished["task_id"], envelope.id.to_string());
+        assert_eq!(finished["task"], "app.schedules.user_task.process_users");
+        assert_eq!(finished["transition"], transition);
+        assert!(finished["duration_ms"].is_u64(), "{finished}");
+    }
+    let dead_lettered = line("msg-garbage", "dead-lettering record");
+    assert_eq!(
+        (dead_lettered["request_id"].as_str(), dead_lettered["error"].as_str()),
+        (Some("req-0001"), Some("MalformedMessage"))
+    );
+
+    // The batch's metrics: one EMF document for the task that ran, one for the dead letter.
+    assert_eq!(metrics.len(), 2, "{metrics:#?}");
+    for document in &metrics {
+        assert_eq!(document["_aws"]["CloudWatchMetrics"][0]["Namespace"], "taskbeat");
+        assert!(document["_aws"]["Timestamp"].is_i64());
+        assert_eq!(document["module"], "user");
+    }
+    let ran =
+        metrics.iter().find(|d| d["task"] == "app.schedules.user_task.process_users").expect("the task's metrics");
+    assert_eq!(
+        [&ran["TasksSucceeded"], &ran["TasksRetried"], &ran["TasksFailed"], &ran["RecordsHandedBack"]],
+        [&json!(1), &json!(1), &json!(0), &json!(1)],
+        "{ran}"
+    );
+    assert_eq!(ran["TaskDuration"].as_array().map(Vec::len), Some(2), "{ran}");
+    assert_eq!(ran["_aws"]["CloudWatchMetrics"][1]["Dimensions"], json!([["module", "task"]]));
+    let rest = metrics.iter().find(|d| d.get("task").is_none()).expect("the dead letter's metrics");
+    assert_eq!(rest["TasksDeadLettered"], 1, "{rest}");
 }
