@@ -2,7 +2,12 @@
 //! and returns what happened, so function crates test their tasks without infrastructure.
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use std::sync::Arc;
+use uuid::Uuid;
 
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use chrono::Utc;
@@ -10,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 use crate::client::Client;
+use crate::context::{ContextParts, TaskContext};
 use crate::envelope::Envelope;
 use crate::event::sqs_event;
 use crate::handler::{BatchHandler, HandlerOptions};
@@ -17,8 +23,10 @@ use crate::manifest::Manifest;
 use crate::queue::{ReceivedMessage, TaskQueue};
 use crate::record::TaskRecord;
 use crate::registry::Registry;
+use crate::registry::TaskError;
 use crate::sqlite::Db;
 use crate::store::StateStore;
+use crate::store::{ClaimOutcome, ClaimRequest, Completion, ListQuery, ProgressUpdate, StoreError};
 
 /// What one run produced.
 #[derive(Debug, Clone)]
@@ -102,4 +110,88 @@ async fn drain(queue: &Arc<dyn TaskQueue>) -> Vec<String> {
         bodies.extend(batch.into_iter().map(|m| m.body));
     }
     bodies
+}
+
+/// A store that keeps progress reports only (all a directly called task writes).
+#[derive(Debug, Default)]
+pub struct ProgressLog {
+    /// Every report, in order.
+    pub updates: Mutex<Vec<ProgressUpdate>>,
+}
+
+impl ProgressLog {
+    /// The status texts, in order.
+    pub fn statuses(&self) -> Vec<String> {
+        self.updates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|u| u.status.clone())
+            .collect()
+    }
+
+    /// The percentages, in order.
+    pub fn percents(&self) -> Vec<u8> {
+        self.updates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|u| u.progress)
+            .collect()
+    }
+}
+
+fn unused() -> StoreError {
+    StoreError::Backend("not used by a directly called task".into())
+}
+
+#[async_trait]
+impl StateStore for ProgressLog {
+    async fn create(&self, _: &TaskRecord) -> Result<(), StoreError> {
+        Err(unused())
+    }
+    async fn claim(&self, _: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        Err(unused())
+    }
+    async fn progress(&self, _: Uuid, update: &ProgressUpdate) -> Result<(), StoreError> {
+        self.updates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(update.clone());
+        Ok(())
+    }
+    async fn complete(&self, _: &Completion) -> Result<(), StoreError> {
+        Err(unused())
+    }
+    async fn get(&self, _: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        Err(unused())
+    }
+    async fn list(&self, _: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        Err(unused())
+    }
+    async fn acquire_marker(&self, _: &str, _: Duration) -> Result<bool, StoreError> {
+        Err(unused())
+    }
+}
+
+/// Calls a task's body directly (no batch handler, no coalescing), with every progress report
+/// kept, so tests can see them all.
+pub async fn call_task(
+    registry: &Registry,
+    task: &str,
+    args: Vec<Value>,
+) -> (Result<Value, TaskError>, Arc<ProgressLog>) {
+    let log = Arc::new(ProgressLog::default());
+    let parts = ContextParts {
+        id: Uuid::new_v4(),
+        name: task.to_owned(),
+        retries: 0,
+        parent_id: None,
+        root_id: None,
+        deadline: None,
+        progress_interval: Duration::ZERO,
+    };
+    let ctx = TaskContext::new(parts, log.clone(), None);
+    let Some(spec) = registry.get(task) else {
+        return (Err(TaskError::permanent("UnknownTask", format!("no task {task} in the registry"))), log);
+    };
+    let result = spec.call(ctx, args, Map::new()).await;
+    (result, log)
 }
