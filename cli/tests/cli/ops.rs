@@ -18,6 +18,18 @@ use super::{BIN, interrupt, text};
 
 const PROCESS_USERS: &str = "app.schedules.user_task.process_users";
 
+/// A running `taskbeat local`, killed if a failing test leaves it running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A folder with a manifest, and how to reach its backend.
 struct Rig {
     dir: tempfile::TempDir,
@@ -116,12 +128,11 @@ impl Rig {
         text(&out.stderr)
     }
 
-    #[allow(clippy::zombie_processes)]
-    fn start_local(&self) -> Child {
+    fn start_local(&self) -> Running {
         let mut command = self.command();
         command.args(["local", "--no-schedules", "--grace", "5"]).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let mut child = Running(command.spawn().unwrap());
+        let stderr = child.0.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -141,7 +152,7 @@ impl Rig {
                 banner.push(line);
             }
         }
-        let _ = child.kill();
+        drop(child);
         panic!("taskbeat local did not start:\n{}", banner.join("\n"));
     }
 
@@ -206,7 +217,7 @@ fn operator_commands(aws: bool) {
     let chased = rig.json(&["dlq", "redrive", "--all"]);
     assert_eq!(chased[0]["moved"], 3, "{chased}");
     rig.wait_for_depth("dead-lettered again", |d| counts(d) == (0, 0, 0, 3));
-    interrupt(&mut local);
+    interrupt(&mut local.0);
 
     // queues: per module, the DLQ count.
     let depth = rig.depth();
@@ -361,7 +372,7 @@ fn operator_commands(aws: bool) {
     assert_eq!((purged["dlq"].as_bool(), purged["purged"].as_u64()), (Some(true), Some(1)));
     assert_eq!(counts(&rig.depth()), (0, 0, 0, 0));
     assert!(rig.fails(&["purge", "nope", "--yes"]).contains("no queue `nope`"));
-    interrupt(&mut local);
+    interrupt(&mut local.0);
 
     // inspect registered and completions need no backend, and work with --aws all the same.
     let registered = rig.json(&["inspect", "registered"]);
