@@ -1,5 +1,24 @@
 //! `taskbeat`: the operator CLI and `taskbeat local`.
 
+/// `println!`/`print!` that end the process quietly when stdout is closed early
+/// (`taskbeat list | head`) instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
 mod infra;
 mod modules;
 mod ops;
@@ -152,6 +171,15 @@ struct Setup {
     manifest: Arc<Manifest>,
     manifest_origin: String,
     backend: Backend,
+}
+
+/// Stdout is gone: a closed pipe ends the command quietly; anything else is an error.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
 }
 
 #[tokio::main]
@@ -414,8 +442,8 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
     };
     let id = client.send(&args.task, positional, kwargs, options).await?;
     match output {
-        Output::Json => println!("{}", serde_json::json!({ "id": id })),
-        Output::Table => println!("{id}"),
+        Output::Json => outln!("{}", serde_json::json!({ "id": id })),
+        Output::Table => outln!("{id}"),
     }
     if args.wait {
         return watch(&setup, id, None, output).await;
@@ -454,8 +482,8 @@ async fn revoke(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
             other => anyhow!(other),
         })?;
     match output {
-        Output::Json => println!("{}", serde_json::json!({ "id": id, "state": "REVOKED", "previous_state": was })),
-        Output::Table => println!("revoked {id} (was {was})"),
+        Output::Json => outln!("{}", serde_json::json!({ "id": id, "state": "REVOKED", "previous_state": was })),
+        Output::Table => outln!("revoked {id} (was {was})"),
     }
     Ok(0)
 }
@@ -489,8 +517,8 @@ async fn watch(setup: &Setup, id: Uuid, timeout: Option<Duration>, output: Outpu
             if record.state.is_terminal() {
                 bar.finish_and_clear();
                 match output {
-                    Output::Json => println!("{}", serde_json::to_string_pretty(record)?),
-                    Output::Table => print!("{}", output::record_table(record)),
+                    Output::Json => outln!("{}", serde_json::to_string_pretty(record)?),
+                    Output::Table => out!("{}", output::record_table(record)),
                 }
                 return Ok(if record.state == TaskState::Success { 0 } else { 1 });
             }

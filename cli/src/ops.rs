@@ -212,7 +212,7 @@ fn shorten(text: &str, width: usize) -> String {
 }
 
 fn print_json(value: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -329,7 +329,7 @@ pub async fn list(setup: Setup, args: ListArgs, output: Output) -> Result<i32> {
                 (None, None) => "tasks".to_owned(),
             };
             let when = args.since.map(|s| format!(" since {}", iso(s))).unwrap_or_default();
-            println!("no {what}{when} in {}", setup.backend.location);
+            outln!("no {what}{when} in {}", setup.backend.location);
         }
         Output::Table => {
             let rows: Vec<Vec<Cell>> = page
@@ -350,9 +350,9 @@ pub async fn list(setup: Setup, args: ListArgs, output: Output) -> Result<i32> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "STATE", "PROGRESS", "AGE", "DURATION", "TASK"], &rows, colour()));
+            out!("{}", table(&["ID", "STATE", "PROGRESS", "AGE", "DURATION", "TASK"], &rows, colour()));
             if let Some(next) = page.next {
-                println!("more: add --cursor {next}");
+                outln!("more: add --cursor {next}");
             }
         }
     }
@@ -366,12 +366,12 @@ pub async fn list(setup: Setup, args: ListArgs, output: Output) -> Result<i32> {
 pub async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
     let record = setup.backend.store.get(id).await?.ok_or_else(|| no_task(&setup, id))?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&record)?),
         Output::Table => {
             let colour = colour();
-            print!("{}", record_table(&record));
+            out!("{}", record_table(&record));
             if record.history.is_empty() {
-                println!("history    (none kept: the record was written by an older taskbeat)");
+                outln!("history    (none kept: the record was written by an older taskbeat)");
             }
             let mut previous: Option<DateTime<Utc>> = None;
             for (i, change) in record.history.iter().enumerate() {
@@ -380,11 +380,11 @@ pub async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
                 let state = if colour { format!("\x1b[{}m{state}\x1b[0m", state_colour(change.state)) } else { state };
                 let after = previous.map(|p| format!("  +{}", human(change.at - p))).unwrap_or_default();
                 let line = format!("{label:<10} {}  {state}{after}", iso(change.at));
-                println!("{}", line.trim_end());
+                outln!("{}", line.trim_end());
                 previous = Some(change.at);
             }
             if record.history.len() >= taskbeat::record::HISTORY_TRIMMED_TO {
-                println!("{:<10} (a record keeps its last {HISTORY_LIMIT} state changes at most)", "");
+                outln!("{:<10} (a record keeps its last {HISTORY_LIMIT} state changes at most)", "");
             }
         }
     }
@@ -436,7 +436,7 @@ pub async fn queues(setup: Setup, output: Output) -> Result<i32> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["MODULE", "QUEUE", "WAITING", "IN FLIGHT", "DELAYED", "DLQ"], &rows, colour));
+            out!("{}", table(&["MODULE", "QUEUE", "WAITING", "IN FLIGHT", "DELAYED", "DLQ"], &rows, colour));
         }
     }
     Ok(0)
@@ -485,7 +485,7 @@ async fn dlq_list(setup: &Setup, queue: Option<&str>, limit: usize, output: Outp
         Output::Json => print_json(&Value::Array(
             found.iter().map(|(q, pair, dead)| dead_letter_entry(q, pair, dead, false)).collect(),
         ))?,
-        Output::Table if found.is_empty() => println!("no dead letters"),
+        Output::Table if found.is_empty() => outln!("no dead letters"),
         Output::Table => {
             let now = Utc::now();
             let rows: Vec<Vec<Cell>> = found
@@ -502,7 +502,7 @@ async fn dlq_list(setup: &Setup, queue: Option<&str>, limit: usize, output: Outp
                     ]
                 })
                 .collect();
-            print!("{}", table(&["QUEUE", "MESSAGE ID", "TASK ID", "TASK", "AGE", "REASON"], &rows, colour()));
+            out!("{}", table(&["QUEUE", "MESSAGE ID", "TASK ID", "TASK", "AGE", "REASON"], &rows, colour()));
         }
     }
     Ok(0)
@@ -518,7 +518,7 @@ async fn dlq_show(setup: &Setup, message: &str, queue: Option<&str>, output: Out
         match output {
             Output::Json => print_json(&dead_letter_entry(queue, pair, &dead, true))?,
             Output::Table => {
-                let row = |key: &str, value: &str| println!("{key:<12} {value}");
+                let row = |key: &str, value: &str| outln!("{key:<12} {value}");
                 row("message", &dead.message_id);
                 row("queue", &format!("{queue} (dead letter in {})", pair.dead_letters.name()));
                 row("reason", dead.reason.as_deref().unwrap_or("(none: moved by SQS after its max receive count)"));
@@ -602,7 +602,7 @@ async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>
             let empty: Vec<&str> =
                 reports.iter().filter(|(_, _, r)| r.moved == 0).map(|(_, p, _)| p.dead_letters.name()).collect();
             if !empty.is_empty() {
-                println!("no dead letters in {}", empty.join(", "));
+                outln!("no dead letters in {}", empty.join(", "));
             }
             for (queue, pair, report) in reports.iter().filter(|(_, _, r)| r.moved > 0) {
                 // A task the queue's module does not have comes straight back.
@@ -611,7 +611,7 @@ async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>
                     .module_for_queue(queue)
                     .and_then(|(_, module)| modules::registry_for(&module.crate_name));
                 let method = serde_json::to_value(report.method)?;
-                println!(
+                outln!(
                     "moved {} dead letter{} from {} back to {queue} ({})",
                     report.moved,
                     if report.moved == 1 { "" } else { "s" },
@@ -636,7 +636,7 @@ async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>
                         (Some(id), None) => format!("  {id}"),
                         _ => String::new(),
                     };
-                    println!("  {}{new_id}{task}: {fate}; {next}", m.message_id);
+                    outln!("  {}{new_id}{task}: {fate}; {next}", m.message_id);
                 }
             }
         }
@@ -673,10 +673,10 @@ pub async fn retry(setup: Setup, args: RetryArgs, output: Output) -> Result<i32>
     };
     let id = client.send(&record.task, record.args.clone(), record.kwargs.clone(), options).await?;
     match output {
-        Output::Json => println!("{}", json!({ "id": id, "retry_of": record.id, "task": record.task })),
+        Output::Json => outln!("{}", json!({ "id": id, "retry_of": record.id, "task": record.task })),
         Output::Table => {
             eprintln!("retrying {} ({}, {}) as a new task:", record.id, record.task, record.state);
-            println!("{id}");
+            outln!("{id}");
         }
     }
     if args.wait {
@@ -720,11 +720,11 @@ pub async fn purge(setup: Setup, args: PurgeArgs, output: Output) -> Result<i32>
     }
     let purged = target.purge().await?;
     match output {
-        Output::Json => println!("{}", json!({ "queue": queue, "name": target.name(), "dlq": dlq, "purged": purged })),
+        Output::Json => outln!("{}", json!({ "queue": queue, "name": target.name(), "dlq": dlq, "purged": purged })),
         Output::Table => {
-            println!("purged {what}: {purged} message{}", if purged == 1 { "" } else { "s" });
+            outln!("purged {what}: {purged} message{}", if purged == 1 { "" } else { "s" });
             if !dlq && purged > 0 {
-                println!(
+                outln!(
                     "(their task records stay as they were: `taskbeat list --state PENDING` shows them, `taskbeat revoke ID` closes one)"
                 );
             }
@@ -772,7 +772,7 @@ pub fn inspect(args: InspectArgs, manifest: Option<&Path>, output: Output) -> Re
                     Some(queue) => format!("queue {queue}"),
                     None => format!("not in {origin}: nothing consumes these here"),
                 };
-                println!(
+                outln!(
                     "-> {} ({}, {consumed}): {} task{}",
                     entry["module"].as_str().unwrap_or_default(),
                     entry["crate"].as_str().unwrap_or_default(),
@@ -791,7 +791,7 @@ pub fn inspect(args: InspectArgs, manifest: Option<&Path>, output: Output) -> Re
                     if !autoretry.is_empty() {
                         options.push(format!("autoretry_for={}", autoretry.join(",")));
                     }
-                    println!(
+                    outln!(
                         "    * {}({})  [{}]",
                         task["name"].as_str().unwrap_or_default(),
                         params.join(", "),

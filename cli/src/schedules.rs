@@ -130,13 +130,13 @@ async fn list(setup: &Setup, output: Output, aws: bool) -> Result<i32> {
         });
     }
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows.iter().map(Row::json).collect::<Vec<_>>())?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&rows.iter().map(Row::json).collect::<Vec<_>>())?),
         Output::Table if rows.is_empty() => {
-            println!("no schedules in {} (add [schedules.NAME] tables)", setup.manifest_origin);
+            outln!("no schedules in {} (add [schedules.NAME] tables)", setup.manifest_origin);
         }
         Output::Table => {
             let text: Vec<String> = rows.iter().map(Row::table).collect();
-            print!("{}", text.join("\n"));
+            out!("{}", text.join("\n"));
         }
     }
     Ok(0)
@@ -274,8 +274,8 @@ async fn run_now(setup: &Setup, name: &str, output: Output) -> Result<i32> {
     let options = SendOptions { queue: spec.queue.clone(), ..SendOptions::default() };
     let id = client.send(&spec.task, spec.args.clone(), spec.kwargs.clone(), options).await?;
     match output {
-        Output::Json => println!("{}", json!({ "id": id, "schedule": name, "task": spec.task })),
-        Output::Table => println!("{id}"),
+        Output::Json => outln!("{}", json!({ "id": id, "schedule": name, "task": spec.task })),
+        Output::Table => outln!("{id}"),
     }
     Ok(0)
 }
@@ -297,8 +297,8 @@ async fn switch(setup: &Setup, name: &str, enabled: bool, output: Output, aws: b
     let info = Rules::new(&sdk).set_enabled(&rule, enabled).await?;
     let state = if info.enabled { "ENABLED" } else { "DISABLED" };
     match output {
-        Output::Json => println!("{}", json!({ "schedule": name, "rule": info.name, "enabled": info.enabled })),
-        Output::Table => println!("{}: {state}", info.name),
+        Output::Json => outln!("{}", json!({ "schedule": name, "rule": info.name, "enabled": info.enabled })),
+        Output::Table => outln!("{}: {state}", info.name),
     }
     if setup.manifest.schedules.get(name).is_some_and(|s| s.enabled != enabled) {
         eprintln!(

@@ -111,3 +111,21 @@ fn large_arguments_come_from_a_file_or_stdin() {
     assert!(out.status.success());
     assert!(uuid::Uuid::parse_str(text(&out.stdout).trim()).is_ok());
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    // As `taskbeat schedules | head -1`: the reader goes away before the output is written.
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["schedules"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{err}");
+}
