@@ -211,5 +211,7 @@ async fn cleanup_inactive_users(
             _ => break,
         }
     }
+    // The last page's report said at most 99 %: say done, so meta and record agree.
+    ctx.progress(100, format!("done: {} users deactivated in {} pages", summary.deactivated, summary.pages)).await;
     Ok(summary)
 }

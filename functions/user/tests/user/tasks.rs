@@ -72,6 +72,8 @@ async fn cleanup_pages_through_inactive_users() {
     let run = run_task(registry_with_api_base(&app.base()), CLEANUP_INACTIVE_USERS, vec![json!(90)], Map::new()).await;
     assert_eq!(run.record.state, TaskState::Success, "{:?}", run.record.error);
     assert_eq!(run.record.result, Some(json!({ "deactivated": 5, "pages": 3 })));
+    assert_eq!(run.record.progress, 100);
+    assert_eq!(run.record.meta.as_ref().unwrap()["progress"], json!(100), "meta agrees with the record");
     let calls = app.calls.lock().unwrap();
     assert_eq!(calls.deactivated, inactive);
     assert_eq!(calls.inactive_queries, vec![(90, None), (90, Some("2".to_owned())), (90, Some("4".to_owned()))]);
