@@ -172,16 +172,13 @@ fn local_workers(manifest: &Manifest, backend: &Backend) -> Result<Vec<LocalWork
             &module.queue,
             options,
         );
-        workers.push(LocalWorker {
-            module: name.clone(),
-            queue: pair.queue.clone(),
+        workers.push(LocalWorker::for_module(
+            name,
+            module,
+            pair.queue.clone(),
             handler,
-            batch_size: usize::from(module.batch_size.min(10)),
-            concurrency: usize::from(module.max_concurrency),
-            timeout: module.timeout(),
-            visibility_timeout: module.visibility_timeout(),
-            arn: LocalWorker::local_arn(&module.queue),
-        });
+            LocalWorker::local_arn(&module.queue),
+        ));
     }
     Ok(workers)
 }

@@ -308,16 +308,7 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
         } else {
             LocalWorker::local_arn(&module.queue)
         };
-        workers.push(LocalWorker {
-            module: name.clone(),
-            queue: pair.queue.clone(),
-            handler,
-            batch_size: usize::from(module.batch_size.min(10)),
-            concurrency: usize::from(module.max_concurrency),
-            timeout: module.timeout(),
-            visibility_timeout: module.visibility_timeout(),
-            arn,
-        });
+        workers.push(LocalWorker::for_module(name, module, pair.queue.clone(), handler, arn));
     }
     let summary: Vec<String> =
         setup.manifest.modules.iter().map(|(name, m)| format!("{name} (queue {})", m.queue)).collect();

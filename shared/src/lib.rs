@@ -22,6 +22,7 @@ pub mod queue;
 pub mod record;
 pub mod registry;
 pub mod schedule;
+pub mod settings;
 pub mod sqlite;
 pub mod state;
 pub mod store;

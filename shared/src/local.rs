@@ -51,6 +51,27 @@ pub struct LocalWorker {
 }
 
 impl LocalWorker {
+    /// The worker of a manifest module, as Lambda's event source would run it: batches of at
+    /// most 10 (an SQS receive), the module's concurrency, timeout and visibility timeout.
+    pub fn for_module(
+        name: &str,
+        module: &crate::manifest::Module,
+        queue: Arc<dyn TaskQueue>,
+        handler: BatchHandler,
+        arn: String,
+    ) -> Self {
+        LocalWorker {
+            module: name.to_owned(),
+            queue,
+            handler,
+            batch_size: usize::from(module.batch_size.min(10)),
+            concurrency: usize::from(module.max_concurrency),
+            timeout: module.timeout(),
+            visibility_timeout: module.visibility_timeout(),
+            arn,
+        }
+    }
+
     /// The ARN local events carry for a queue.
     pub fn local_arn(queue: &str) -> String {
         queue_arn(LOCAL_REGION, LOCAL_ACCOUNT, queue)

@@ -1,8 +1,6 @@
 //! The chat module's settings, read when a task runs, and the API key that never shows.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::ChatError;
@@ -19,43 +17,7 @@ pub const ENV_CHAT_API_TIMEOUT: &str = "CHAT_API_TIMEOUT_SECS";
 /// The default of [`ENV_CHAT_API_TIMEOUT`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where settings come from: the process environment (in Lambda and `taskbeat local`), or a
-/// fixed table (tests and tools, which must not change the process environment).
-#[derive(Clone)]
-pub enum Settings {
-    /// `std::env`.
-    Env,
-    /// A fixed table of name -> value.
-    Fixed(Arc<BTreeMap<String, String>>),
-}
-
-impl Settings {
-    /// A fixed table from pairs.
-    pub fn fixed<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Settings::Fixed(Arc::new(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()))
-    }
-
-    /// The value of a setting; blank counts as unset.
-    pub fn get(&self, name: &str) -> Option<String> {
-        let value = match self {
-            Settings::Env => std::env::var(name).ok(),
-            Settings::Fixed(table) => table.get(name).cloned(),
-        };
-        value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-    }
-}
-
-impl fmt::Debug for Settings {
-    // Names only: the table holds the API key.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Settings::Env => f.write_str("Settings::Env"),
-            Settings::Fixed(table) => {
-                f.debug_tuple("Settings::Fixed").field(&table.keys().collect::<Vec<_>>()).finish()
-            }
-        }
-    }
-}
+pub use taskbeat::settings::Settings;
 
 /// An API key. Its `Debug` and `Display` say `[redacted]`; only [`ApiKey::expose`] gives the
 /// value, for the `Authorization` header.

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
@@ -134,6 +135,19 @@ impl DynamoStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    /// An UpdateItem of one task's item with `expr` under `condition`; every name and value
+    /// travels as a placeholder.
+    fn conditional_update(&self, id: Uuid, expr: Expr, condition: impl Into<String>) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(id)))
+            .update_expression(expr.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
     }
 
     fn key(id: Uuid) -> HashMap<String, AttributeValue> {
@@ -418,14 +432,7 @@ impl StateStore for DynamoStore {
             "attribute_not_exists({id}) OR ({not_terminal} AND (attribute_not_exists({lease}) OR {lease} < {now_ms}))"
         );
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(request.id)))
-            .update_expression(expr.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(expr.names))
-            .set_expression_attribute_values(Some(expr.values))
+            .conditional_update(request.id, expr, condition)
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -468,14 +475,7 @@ impl StateStore for DynamoStore {
         let key = expr.name(HASH_KEY);
         let condition = format!("attribute_exists({key}) AND {}", expr.not_terminal());
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(id)))
-            .update_expression(expr.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(expr.names))
-            .set_expression_attribute_values(Some(expr.values))
+            .conditional_update(id, expr, condition)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -533,14 +533,7 @@ impl StateStore for DynamoStore {
         let key = expr.name(HASH_KEY);
         let condition = format!("attribute_not_exists({key}) OR {}", expr.not_terminal());
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(completion.id)))
-            .update_expression(expr.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(expr.names))
-            .set_expression_attribute_values(Some(expr.values))
+            .conditional_update(completion.id, expr, condition)
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -660,14 +653,7 @@ impl StateStore for DynamoStore {
         let kinds: Vec<String> = DEAD_LETTER_ERROR_KINDS.iter().map(|k| expr.value(s_attr(k))).collect();
         let condition = format!("{state} = {failure} AND {error}.{kind} IN ({})", kinds.join(", "));
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(id)))
-            .update_expression(expr.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(expr.names))
-            .set_expression_attribute_values(Some(expr.values))
+            .conditional_update(id, expr, condition)
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()

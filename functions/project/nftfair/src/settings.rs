@@ -1,9 +1,7 @@
 //! The NFT Fair module's settings, read when a task runs. All have defaults; a value that
 //! cannot work fails the task naming the variable.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The IPFS gateway `ipfs://` URIs are fetched through.
@@ -27,31 +25,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[error("{0}")]
 pub struct SettingError(pub String);
 
-/// Where settings come from: the process environment (in Lambda and `taskbeat local`), or a
-/// fixed table (tests and tools, which must not change the process environment).
-#[derive(Debug, Clone)]
-pub enum Settings {
-    /// `std::env`.
-    Env,
-    /// A fixed table of name -> value.
-    Fixed(Arc<BTreeMap<String, String>>),
-}
-
-impl Settings {
-    /// A fixed table from pairs.
-    pub fn fixed<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Settings::Fixed(Arc::new(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()))
-    }
-
-    /// The value of a setting; blank counts as unset.
-    pub fn get(&self, name: &str) -> Option<String> {
-        let value = match self {
-            Settings::Env => std::env::var(name).ok(),
-            Settings::Fixed(table) => table.get(name).cloned(),
-        };
-        value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-    }
-}
+pub use taskbeat::settings::Settings;
 
 /// The settings the tasks use.
 #[derive(Clone, PartialEq)]
