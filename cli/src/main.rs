@@ -131,10 +131,10 @@ struct LocalArgs {
 struct SendArgs {
     /// Task name, e.g. app.schedules.user_task.process_users.
     task: String,
-    /// Positional arguments, a JSON array.
+    /// Positional arguments: a JSON array, inline, as @FILE, or - (standard input).
     #[arg(long, default_value = "[]")]
     args: String,
-    /// Keyword arguments, a JSON object.
+    /// Keyword arguments: a JSON object, inline, as @FILE, or - (standard input).
     #[arg(long, default_value = "{}")]
     kwargs: String,
     /// Queue to use instead of the manifest's route.
