@@ -19,6 +19,7 @@ macro_rules! out {
     }};
 }
 
+mod dashboard;
 mod infra;
 mod modules;
 mod ops;
@@ -109,6 +110,8 @@ enum Command {
     Purge(ops::PurgeArgs),
     /// `inspect registered`: the tasks of every linked module, as `celery inspect registered`.
     Inspect(ops::InspectArgs),
+    /// Serve the web dashboard (tasks, queues and dead letters, schedules, charts) until Ctrl-C.
+    Dashboard(dashboard::DashboardArgs),
     /// Print a shell completion script: `taskbeat completions bash > /etc/bash_completion.d/taskbeat`.
     Completions(ops::CompletionsArgs),
 }
@@ -125,6 +128,8 @@ struct LocalArgs {
     /// EventBridge rules do).
     #[arg(long)]
     no_schedules: bool,
+    #[command(flatten)]
+    dashboard: dashboard::LocalDashboardArgs,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +232,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Dlq(args) => ops::dlq(setup, args, cli.global.output, cli.global.aws).await,
         Command::Retry(args) => ops::retry(setup, args, cli.global.output).await,
         Command::Purge(args) => ops::purge(setup, args, cli.global.output).await,
+        Command::Dashboard(args) => dashboard::run(setup, args, cli.global.aws).await,
     }
 }
 
@@ -319,6 +325,12 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
         "  try:      taskbeat send app.schedules.user_task.process_users --args '[[\"u1\",\"u2\",\"u3\"],\"recompute\"]' --wait"
     );
     let beat = schedules::local_beat(&setup, args.no_schedules, aws)?;
+    let setup = Arc::new(setup);
+    let dashboard = dashboard::for_local(setup.clone(), args.dashboard, aws).await?;
+    if let Some(dashboard) = &dashboard {
+        eprintln!("  dashboard: {}", dashboard.banner());
+    }
+    let dashboard = dashboard.map(|d| tokio::spawn(d.serve()));
     eprintln!("  Ctrl-C stops: in-flight tasks get {} s to finish, then go back to their queue.", args.grace);
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
@@ -339,6 +351,9 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     let _ = runtime.await;
     if let Some(beat) = beat {
         let _ = beat.await;
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.abort();
     }
     eprintln!("taskbeat local: stopped");
     Ok(0)
@@ -461,17 +476,21 @@ fn hostname() -> String {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
 }
 
+/// Revokes a task; the state it was in.
+async fn revoke_task(setup: &Setup, id: Uuid, reason: &str) -> Result<TaskState> {
+    setup.backend.store.revoke(id, reason).await.map_err(|e| match e {
+        taskbeat::store::StoreError::NotFound(_) => {
+            anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location)
+        }
+        taskbeat::store::StoreError::Terminal { state, .. } => {
+            anyhow!("task {id} is already {state}; nothing to revoke")
+        }
+        other => anyhow!(other),
+    })
+}
+
 async fn revoke(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
-    let was =
-        setup.backend.store.revoke(id, "revoked by an operator (taskbeat revoke)").await.map_err(|e| match e {
-            taskbeat::store::StoreError::NotFound(_) => {
-                anyhow!("no task {id} in {}; was it sent to this backend (--aws, --data-dir)?", setup.backend.location)
-            }
-            taskbeat::store::StoreError::Terminal { state, .. } => {
-                anyhow!("task {id} is already {state}; nothing to revoke")
-            }
-            other => anyhow!(other),
-        })?;
+    let was = revoke_task(&setup, id, "revoked by an operator (taskbeat revoke)").await?;
     match output {
         Output::Json => outln!("{}", serde_json::json!({ "id": id, "state": "REVOKED", "previous_state": was })),
         Output::Table => outln!("revoked {id} (was {was})"),

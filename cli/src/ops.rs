@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use taskbeat::backend::QueuePair;
 use taskbeat::queue::dead_letters::{self, DeadLetter, RecordFate, RedriveError, RedriveReport, Selection};
 use taskbeat::record::{HISTORY_LIMIT, TaskRecord, iso};
-use taskbeat::store::{ListCursor, ListFilter, list_tasks};
+use taskbeat::store::{ListCursor, ListFilter, ListPage, list_tasks};
 use taskbeat::{Client, SendOptions, TaskState};
 use uuid::Uuid;
 
@@ -217,7 +217,7 @@ fn print_json(value: &Value) -> Result<()> {
 }
 
 /// `30s`, `15m`, `1h`, `7d`, `2w` ago, or an RFC 3339 time.
-fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
@@ -312,15 +312,20 @@ fn list_entry(record: &TaskRecord, now: DateTime<Utc>) -> Value {
     })
 }
 
+/// One page of tasks as `list --output json` prints it (and the dashboard serves it).
+pub fn list_json(page: &ListPage, now: DateTime<Utc>) -> Value {
+    json!({
+        "tasks": page.records.iter().map(|r| list_entry(r, now)).collect::<Vec<_>>(),
+        "next": page.next.as_ref().map(ToString::to_string),
+    })
+}
+
 pub async fn list(setup: Setup, args: ListArgs, output: Output) -> Result<i32> {
     let filter = ListFilter { state: args.state, task: args.task.clone(), since: args.since };
     let page = list_tasks(setup.backend.store.as_ref(), &filter, args.cursor.as_ref(), usize::from(args.limit)).await?;
     let now = Utc::now();
     match output {
-        Output::Json => print_json(&json!({
-            "tasks": page.records.iter().map(|r| list_entry(r, now)).collect::<Vec<_>>(),
-            "next": page.next.map(|c| c.to_string()),
-        }))?,
+        Output::Json => print_json(&list_json(&page, now))?,
         Output::Table if page.records.is_empty() => {
             let what = match (&args.task, args.state) {
                 (Some(task), Some(state)) => format!("{state} tasks named {task}"),
@@ -394,7 +399,8 @@ pub async fn status(setup: Setup, id: Uuid, output: Output) -> Result<i32> {
 // ---------------------------------------------------------------------------------------------
 // queues
 
-pub async fn queues(setup: Setup, output: Output) -> Result<i32> {
+/// Per module: its queue's depths and its DLQ's, as `queues --output json` prints them.
+pub async fn queue_entries(setup: &Setup) -> Result<Vec<Value>> {
     let mut entries = Vec::new();
     for (module, settings) in &setup.manifest.modules {
         let pair = setup
@@ -414,6 +420,11 @@ pub async fn queues(setup: Setup, output: Output) -> Result<i32> {
             "dlq_name": pair.dead_letters.name(),
         }));
     }
+    Ok(entries)
+}
+
+pub async fn queues(setup: Setup, output: Output) -> Result<i32> {
+    let entries = queue_entries(&setup).await?;
     match output {
         Output::Json => print_json(&Value::Array(entries))?,
         Output::Table => {
@@ -474,17 +485,30 @@ pub async fn dlq(setup: Setup, args: DlqArgs, output: Output, aws: bool) -> Resu
     }
 }
 
-async fn dlq_list(setup: &Setup, queue: Option<&str>, limit: usize, output: Output, aws: bool) -> Result<i32> {
-    let mut found: Vec<(&str, &QueuePair, DeadLetter)> = Vec::new();
+/// The dead letters of one queue or all, without consuming them.
+pub async fn find_dead_letters<'a>(
+    setup: &'a Setup,
+    queue: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(&'a str, &'a QueuePair, DeadLetter)>> {
+    let mut found = Vec::new();
     for (queue, pair) in selected_queues(setup, queue)? {
         let letters = dead_letters::look(pair.dead_letters.as_ref(), limit).await?;
         found.extend(letters.into_iter().map(|d| (queue, pair, d)));
     }
+    Ok(found)
+}
+
+/// Dead letters as `dlq list --output json` prints them.
+pub fn dead_letters_json(found: &[(&str, &QueuePair, DeadLetter)]) -> Value {
+    Value::Array(found.iter().map(|(q, pair, dead)| dead_letter_entry(q, pair, dead, false)).collect())
+}
+
+async fn dlq_list(setup: &Setup, queue: Option<&str>, limit: usize, output: Output, aws: bool) -> Result<i32> {
+    let found = find_dead_letters(setup, queue, limit).await?;
     note_sqs_peek(aws);
     match output {
-        Output::Json => print_json(&Value::Array(
-            found.iter().map(|(q, pair, dead)| dead_letter_entry(q, pair, dead, false)).collect(),
-        ))?,
+        Output::Json => print_json(&dead_letters_json(&found))?,
         Output::Table if found.is_empty() => outln!("no dead letters"),
         Output::Table => {
             let now = Utc::now();
@@ -558,7 +582,12 @@ fn fate_text(fate: RecordFate) -> (String, &'static str) {
     }
 }
 
-async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>, output: Output) -> Result<i32> {
+/// Moves one dead letter (`message`) or all of one queue or every queue back; a report per queue.
+pub async fn redrive<'a>(
+    setup: &'a Setup,
+    queue: Option<&str>,
+    message: Option<String>,
+) -> Result<Vec<(&'a str, &'a QueuePair, RedriveReport)>> {
     let selection = message.clone().map_or(Selection::All, Selection::Message);
     let mut reports: Vec<(&str, &QueuePair, RedriveReport)> = Vec::new();
     for (queue, pair) in selected_queues(setup, queue)? {
@@ -582,22 +611,32 @@ async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>
             searched.join(", ")
         );
     }
-    match output {
-        Output::Json => print_json(&Value::Array(
-            reports
-                .iter()
-                .map(|(queue, pair, report)| {
-                    json!({
-                        "queue": queue,
-                        "name": pair.queue.name(),
-                        "dlq": pair.dead_letters.name(),
-                        "method": report.method,
-                        "moved": report.moved,
-                        "messages": report.messages,
-                    })
+    Ok(reports)
+}
+
+/// Redrive reports as `dlq redrive --output json` prints them.
+pub fn redrive_json(reports: &[(&str, &QueuePair, RedriveReport)]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .map(|(queue, pair, report)| {
+                json!({
+                    "queue": queue,
+                    "name": pair.queue.name(),
+                    "dlq": pair.dead_letters.name(),
+                    "method": report.method,
+                    "moved": report.moved,
+                    "messages": report.messages,
                 })
-                .collect(),
-        ))?,
+            })
+            .collect(),
+    )
+}
+
+async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>, output: Output) -> Result<i32> {
+    let reports = redrive(setup, queue, message.clone()).await?;
+    match output {
+        Output::Json => print_json(&redrive_json(&reports))?,
         Output::Table => {
             let empty: Vec<&str> =
                 reports.iter().filter(|(_, _, r)| r.moved == 0).map(|(_, p, _)| p.dead_letters.name()).collect();
@@ -647,12 +686,13 @@ async fn dlq_redrive(setup: &Setup, queue: Option<&str>, message: Option<String>
 // ---------------------------------------------------------------------------------------------
 // retry
 
-pub async fn retry(setup: Setup, args: RetryArgs, output: Output) -> Result<i32> {
-    let record = setup.backend.store.get(args.id).await?.ok_or_else(|| no_task(&setup, args.id))?;
+/// Sends a FAILURE or REVOKED task again with its arguments: the new id and the old record.
+pub async fn retry_task(setup: &Setup, id: Uuid) -> Result<(Uuid, TaskRecord)> {
+    let record = setup.backend.store.get(id).await?.ok_or_else(|| no_task(setup, id))?;
     if !matches!(record.state, TaskState::Failure | TaskState::Revoked) {
         bail!(
             "task {} is {}; only a FAILURE or REVOKED task can be retried{}",
-            args.id,
+            id,
             record.state,
             if record.state.is_terminal() { "" } else { " (it has not finished; `taskbeat watch` follows it)" }
         );
@@ -660,7 +700,7 @@ pub async fn retry(setup: Setup, args: RetryArgs, output: Output) -> Result<i32>
     if modules::linked().iter().all(|(_, r)| r.get(&record.task).is_none()) {
         bail!(
             "task {} is `{}`, which no linked module registers (`taskbeat inspect registered` lists them); a retry would be dead-lettered",
-            args.id,
+            id,
             record.task
         );
     }
@@ -671,7 +711,12 @@ pub async fn retry(setup: Setup, args: RetryArgs, output: Output) -> Result<i32>
         root_id: Some(record.root_id.unwrap_or(record.id)),
         ..Default::default()
     };
-    let id = client.send(&record.task, record.args.clone(), record.kwargs.clone(), options).await?;
+    let new_id = client.send(&record.task, record.args.clone(), record.kwargs.clone(), options).await?;
+    Ok((new_id, record))
+}
+
+pub async fn retry(setup: Setup, args: RetryArgs, output: Output) -> Result<i32> {
+    let (id, record) = retry_task(&setup, args.id).await?;
     match output {
         Output::Json => outln!("{}", json!({ "id": id, "retry_of": record.id, "task": record.task })),
         Output::Table => {

@@ -101,7 +101,13 @@ pub fn local_beat(setup: &Setup, no_schedules: bool, aws: bool) -> Result<Option
     Ok(Some(beat))
 }
 
-async fn list(setup: &Setup, output: Output, aws: bool) -> Result<i32> {
+/// Every schedule with its expression and next fire times (and, with --aws, its deployed rule),
+/// as `schedules --output json` prints them and the dashboard serves them.
+pub async fn schedules_json(setup: &Setup, aws: bool) -> Result<Vec<Value>> {
+    Ok(rows(setup, aws).await?.iter().map(Row::json).collect())
+}
+
+async fn rows(setup: &Setup, aws: bool) -> Result<Vec<Row<'_>>> {
     let now = Utc::now();
     let rules = if aws { Some(Rules::new(&load_sdk_config().await)) } else { None };
     let mut rows = Vec::new();
@@ -129,6 +135,11 @@ async fn list(setup: &Setup, output: Output, aws: bool) -> Result<i32> {
             deployed,
         });
     }
+    Ok(rows)
+}
+
+async fn list(setup: &Setup, output: Output, aws: bool) -> Result<i32> {
+    let rows = rows(setup, aws).await?;
     match output {
         Output::Json => outln!("{}", serde_json::to_string_pretty(&rows.iter().map(Row::json).collect::<Vec<_>>())?),
         Output::Table if rows.is_empty() => {
@@ -260,7 +271,8 @@ impl Row<'_> {
     }
 }
 
-async fn run_now(setup: &Setup, name: &str, output: Output) -> Result<i32> {
+/// Sends a schedule's task now, with its arguments.
+pub async fn send_now(setup: &Setup, name: &str) -> Result<uuid::Uuid> {
     let spec = spec(setup, name)?;
     if !registered(setup, spec) {
         bail!(
@@ -272,7 +284,12 @@ async fn run_now(setup: &Setup, name: &str, output: Output) -> Result<i32> {
     }
     let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));
     let options = SendOptions { queue: spec.queue.clone(), ..SendOptions::default() };
-    let id = client.send(&spec.task, spec.args.clone(), spec.kwargs.clone(), options).await?;
+    Ok(client.send(&spec.task, spec.args.clone(), spec.kwargs.clone(), options).await?)
+}
+
+async fn run_now(setup: &Setup, name: &str, output: Output) -> Result<i32> {
+    let id = send_now(setup, name).await?;
+    let spec = spec(setup, name)?;
     match output {
         Output::Json => outln!("{}", json!({ "id": id, "schedule": name, "task": spec.task })),
         Output::Table => outln!("{id}"),
@@ -280,7 +297,8 @@ async fn run_now(setup: &Setup, name: &str, output: Output) -> Result<i32> {
     Ok(0)
 }
 
-async fn switch(setup: &Setup, name: &str, enabled: bool, output: Output, aws: bool) -> Result<i32> {
+/// Enables or disables a schedule's deployed EventBridge rule.
+pub async fn set_rule_enabled(setup: &Setup, name: &str, enabled: bool, aws: bool) -> Result<RuleInfo> {
     spec(setup, name)?;
     let rule = setup.manifest.rule_name(name);
     let verb = if enabled { "enable" } else { "disable" };
@@ -294,7 +312,11 @@ async fn switch(setup: &Setup, name: &str, enabled: bool, output: Output, aws: b
     if sdk.region().is_none() {
         bail!("--aws needs a region: set AWS_REGION (and AWS_ENDPOINT_URL for an emulator)");
     }
-    let info = Rules::new(&sdk).set_enabled(&rule, enabled).await?;
+    Ok(Rules::new(&sdk).set_enabled(&rule, enabled).await?)
+}
+
+async fn switch(setup: &Setup, name: &str, enabled: bool, output: Output, aws: bool) -> Result<i32> {
+    let info = set_rule_enabled(setup, name, enabled, aws).await?;
     let state = if info.enabled { "ENABLED" } else { "DISABLED" };
     match output {
         Output::Json => outln!("{}", json!({ "schedule": name, "rule": info.name, "enabled": info.enabled })),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use taskbeat_e2e::fake_app;
 
+mod dashboard;
 mod infra;
 mod modules;
 mod ops;

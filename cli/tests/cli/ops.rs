@@ -16,10 +16,10 @@ use taskbeat_e2e::{emulator, fake_app};
 
 use super::{BIN, interrupt, text};
 
-const PROCESS_USERS: &str = "app.schedules.user_task.process_users";
+pub(crate) const PROCESS_USERS: &str = "app.schedules.user_task.process_users";
 
 /// A running `taskbeat local`, killed if a failing test leaves it running.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -31,23 +31,26 @@ impl Drop for Running {
 }
 
 /// A folder with a manifest, and how to reach its backend.
-struct Rig {
-    dir: tempfile::TempDir,
+pub(crate) struct Rig {
+    pub(crate) dir: tempfile::TempDir,
     project: String,
     /// The emulator's endpoint, for `--aws`.
-    aws: Option<String>,
+    pub(crate) aws: Option<String>,
     app: String,
-    runtime: tokio::runtime::Runtime,
+    pub(crate) runtime: tokio::runtime::Runtime,
+    /// Manifest text after the module and its queue (schedules, say).
+    extra_manifest: std::cell::RefCell<String>,
 }
 
 impl Rig {
-    fn new(aws: bool, app: String) -> Rig {
+    pub(crate) fn new(aws: bool, app: String) -> Rig {
         let rig = Rig {
             dir: tempfile::tempdir().unwrap(),
             project: emulator::unique_project("ops"),
             aws: aws.then(emulator::endpoint),
             app,
             runtime: tokio::runtime::Runtime::new().unwrap(),
+            extra_manifest: std::cell::RefCell::new(String::new()),
         };
         rig.deploy("taskbeat-user");
         if aws {
@@ -66,22 +69,28 @@ impl Rig {
         rig
     }
 
+    /// Adds manifest text (after the module and its queue) to the next `deploy`.
+    pub(crate) fn add_to_manifest(&self, text: &str) {
+        self.extra_manifest.borrow_mut().push_str(text);
+    }
+
     /// Writes the manifest with the `default` queue consumed by `crate_name`.
-    fn deploy(&self, crate_name: &str) {
+    pub(crate) fn deploy(&self, crate_name: &str) {
         let manifest = format!(
             "[project]\nname = \"{}\"\n\n[modules.user]\ncrate = \"{crate_name}\"\nqueue = \"default\"\ntimeout = 30\n\n\
-             [queues.default]\nmax_receive_count = 3\n",
-            self.project
+             [queues.default]\nmax_receive_count = 3\n{}",
+            self.project,
+            self.extra_manifest.borrow()
         );
         std::fs::write(self.dir.path().join("taskbeat.toml"), manifest).unwrap();
     }
 
-    fn manifest(&self) -> Manifest {
+    pub(crate) fn manifest(&self) -> Manifest {
         Manifest::load(&self.dir.path().join("taskbeat.toml")).unwrap()
     }
 
     /// The same backend the CLI uses, in this process (to put a raw message on a queue).
-    fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         let manifest = self.manifest();
         match &self.aws {
             Some(_) => self.runtime.block_on(async { Backend::aws(&manifest, &emulator::sdk_config().await) }),
@@ -89,7 +98,7 @@ impl Rig {
         }
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut command = Command::new(BIN);
         command.current_dir(self.dir.path()).env_remove("TASKBEAT_MANIFEST").env_remove("TASKBEAT_DATA_DIR");
         command.env("APP_API_BASE", &self.app).env_remove("NO_COLOR");
@@ -104,33 +113,42 @@ impl Rig {
         command
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().unwrap()
     }
 
     /// Runs a command that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(out.status.success(), "taskbeat {args:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
         text(&out.stdout)
     }
 
     /// Runs a command with `--output json` that must succeed; its output parsed.
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let stdout = self.ok(&[args, &["--output", "json"]].concat());
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("taskbeat {args:?} printed no JSON ({e}):\n{stdout}"))
     }
 
     /// Runs a command that must fail with exit code 1; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert_eq!(out.status.code(), Some(1), "taskbeat {args:?} should fail:\n{}", text(&out.stdout));
         text(&out.stderr)
     }
 
-    fn start_local(&self) -> Running {
+    pub(crate) fn start_local(&self) -> Running {
+        self.start_local_with(&["--no-dashboard"]).0
+    }
+
+    /// Starts `taskbeat local --no-schedules [extra]`; the dashboard's address when it serves one.
+    pub(crate) fn start_local_with(&self, extra: &[&str]) -> (Running, Option<String>) {
         let mut command = self.command();
-        command.args(["local", "--no-schedules", "--grace", "5"]).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .args(["local", "--no-schedules", "--grace", "5"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = Running(command.spawn().unwrap());
         let stderr = child.0.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -141,13 +159,18 @@ impl Rig {
             }
         });
         let started = Instant::now();
-        let mut banner = Vec::new();
+        let mut banner: Vec<String> = Vec::new();
         while started.elapsed() < Duration::from_secs(30) {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
                 if line.contains("Ctrl-C stops") {
                     // Keep draining so a chatty worker never blocks on a full pipe.
                     std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return child;
+                    let dashboard = banner.iter().find_map(|l| {
+                        l.trim()
+                            .strip_prefix("dashboard: ")
+                            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+                    });
+                    return (child, dashboard);
                 }
                 banner.push(line);
             }
@@ -156,18 +179,18 @@ impl Rig {
         panic!("taskbeat local did not start:\n{}", banner.join("\n"));
     }
 
-    fn send(&self, args: &[&str]) -> String {
+    pub(crate) fn send(&self, args: &[&str]) -> String {
         self.ok(&[&["send", PROCESS_USERS, "--args"], args].concat()).trim().to_owned()
     }
 
     /// The `queues` entry of the user module.
-    fn depth(&self) -> Value {
+    pub(crate) fn depth(&self) -> Value {
         let queues = self.json(&["queues"]);
         queues.as_array().unwrap().iter().find(|q| q["module"] == "user").unwrap().clone()
     }
 
     /// Waits until `check` holds for the user module's depth.
-    fn wait_for_depth(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for_depth(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
             let depth = self.depth();
@@ -179,7 +202,7 @@ impl Rig {
         }
     }
 
-    fn status(&self, id: &str) -> Value {
+    pub(crate) fn status(&self, id: &str) -> Value {
         self.json(&["status", id])
     }
 }
@@ -192,7 +215,7 @@ fn ids(listing: &Value) -> Vec<String> {
     listing["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect()
 }
 
-fn counts(depth: &Value) -> (u64, u64, u64, u64) {
+pub(crate) fn counts(depth: &Value) -> (u64, u64, u64, u64) {
     let n = |key: &str| depth[key].as_u64().unwrap();
     (n("waiting"), n("in_flight"), n("delayed"), n("dlq"))
 }
