@@ -410,9 +410,19 @@ fn dashboard_api_on_the_emulator() {
         assert_eq!(listed["tasks"][0]["id"], lost.as_str(), "{listed}");
         let schedules = get("/api/schedules").await;
         assert_eq!(schedules[0]["name"], "nightly_cleanup");
-        assert!(schedules[0]["deployed"].is_null(), "not deployed on the emulator: {schedules}");
+        assert!(schedules[0]["deployed"].is_null(), "not deployed yet: {schedules}");
         let (status, refused) = post("/api/schedules/nightly_cleanup/disable", json!({})).await;
         assert_eq!(status, 409, "{refused}");
+        // Deployed (as the template would), the rule is switched from the page.
+        let rule = rig.manifest().rule_name("nightly_cleanup");
+        let events = aws_sdk_eventbridge::Client::new(&taskbeat_e2e::emulator::sdk_config().await);
+        events.put_rule().name(&rule).schedule_expression("cron(0 3 * * ? *)").send().await.unwrap();
+        assert_eq!(get("/api/schedules").await[0]["deployed"]["enabled"], true);
+        let (status, disabled) = post("/api/schedules/nightly_cleanup/disable", json!({})).await;
+        assert_eq!((status, &disabled["enabled"]), (200, &Value::Bool(false)), "{disabled}");
+        assert_eq!(get("/api/schedules").await[0]["deployed"]["enabled"], false);
+        let (status, enabled) = post("/api/schedules/nightly_cleanup/enable", json!({})).await;
+        assert_eq!((status, &enabled["enabled"]), (200, &Value::Bool(true)), "{enabled}");
         let (status, ran) = post("/api/schedules/nightly_cleanup/run", json!({})).await;
         assert_eq!(status, 200, "{ran}");
         let charts = get("/api/charts").await;
