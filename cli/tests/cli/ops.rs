@@ -168,6 +168,7 @@ impl Rig {
                     let dashboard = banner.iter().find_map(|l| {
                         l.trim()
                             .strip_prefix("dashboard: ")
+                            .filter(|rest| rest.starts_with("http"))
                             .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
                     });
                     return (child, dashboard);
