@@ -97,8 +97,10 @@ function taskLink(id, label) {
   return h("a", { href: `/tasks/${id}`, class: "mono" }, label || id);
 }
 
-// Runs `render` now and then every `ms` while this view is shown.
+// Runs `render` now and then every `ms` while this view is shown (less often on AWS, where each
+// refresh is DynamoDB queries).
 function every(ms, render) {
+  if (info.backend === "aws") ms *= 2;
   const mine = ++generation;
   const tick = async () => {
     if (mine !== generation) return;

@@ -144,6 +144,21 @@ fn drawing_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("cannot draw the chart: {e:?}")
 }
 
+/// The series' labels in a box.
+fn draw_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK.mix(0.3))
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(drawing_error)
+}
+
 /// Tasks per minute by final state: one line per state, minutes ago on the x axis.
 pub fn throughput_svg(data: &ChartData) -> Result<String> {
     let mut svg = String::new();
@@ -179,13 +194,7 @@ pub fn throughput_svg(data: &ChartData) -> Result<String> {
                 .label(format!("{state} ({total})"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK.mix(0.3))
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(drawing_error)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(drawing_error)?;
     }
     Ok(svg)
@@ -252,13 +261,7 @@ pub fn durations_svg(data: &ChartData) -> Result<String> {
                 .label(*label)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK.mix(0.3))
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(drawing_error)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(drawing_error)?;
     }
     Ok(svg)

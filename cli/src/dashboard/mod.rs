@@ -94,6 +94,26 @@ struct AppState {
     aws: bool,
     token: Option<String>,
     address: SocketAddr,
+    /// The charts' numbers, read once for the page's three requests (data and two pictures).
+    charts: tokio::sync::Mutex<Option<(std::time::Instant, Arc<charts::ChartData>)>>,
+}
+
+/// How long the charts' numbers are reused.
+const CHART_DATA_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl AppState {
+    async fn chart_data(&self) -> Result<Arc<charts::ChartData>, ApiError> {
+        // Held while reading, so that concurrent requests wait for one read instead of each doing it.
+        let mut cached = self.charts.lock().await;
+        if let Some((at, data)) = cached.as_ref()
+            && at.elapsed() < CHART_DATA_TTL
+        {
+            return Ok(data.clone());
+        }
+        let data = Arc::new(charts::collect(self.setup.backend.store.as_ref(), Utc::now()).await.map_err(store_error)?);
+        *cached = Some((std::time::Instant::now(), data.clone()));
+        Ok(data)
+    }
 }
 
 /// Checks the options and binds the address: a non-loopback address without a token is refused.
@@ -118,7 +138,8 @@ pub async fn bind(setup: Arc<Setup>, address: SocketAddr, token: Option<String>,
         .await
         .with_context(|| format!("cannot listen on {address} (in use? pick another with --bind / --dashboard-bind)"))?;
     let address = listener.local_addr().context("cannot read the dashboard's address")?;
-    Ok(Bound { listener, state: Arc::new(AppState { setup, aws, token, address }) })
+    let charts = tokio::sync::Mutex::new(None);
+    Ok(Bound { listener, state: Arc::new(AppState { setup, aws, token, address, charts }) })
 }
 
 impl Bound {
@@ -475,8 +496,7 @@ async fn schedule_switch(State(state): State<Arc<AppState>>, Path(name): Path<St
 }
 
 async fn chart_data(State(state): State<Arc<AppState>>) -> ApiResult {
-    let data = charts::collect(state.setup.backend.store.as_ref(), Utc::now()).await.map_err(store_error)?;
-    Ok(Json(data.json()))
+    Ok(Json(state.chart_data().await?.json()))
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -488,13 +508,11 @@ fn svg(body: String) -> Response {
 }
 
 async fn throughput_svg(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let data = charts::collect(state.setup.backend.store.as_ref(), Utc::now()).await.map_err(store_error)?;
-    Ok(svg(charts::throughput_svg(&data)?))
+    Ok(svg(charts::throughput_svg(&*state.chart_data().await?)?))
 }
 
 async fn durations_svg(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let data = charts::collect(state.setup.backend.store.as_ref(), Utc::now()).await.map_err(store_error)?;
-    Ok(svg(charts::durations_svg(&data)?))
+    Ok(svg(charts::durations_svg(&*state.chart_data().await?)?))
 }
 
 #[cfg(test)]
