@@ -22,6 +22,8 @@ use crate::{Output, Setup, find_manifest, hostname, modules};
 
 /// Dead letters `dlq list` shows per queue unless told otherwise.
 const DEFAULT_DLQ_LIMIT: usize = 100;
+/// A task is retried at most once in this window (a second request is refused).
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest reason `dlq list` prints in a table (`dlq show` prints it whole).
 const REASON_WIDTH: usize = 100;
 
@@ -232,9 +234,17 @@ pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
         "w" | "week" | "weeks" => 604_800,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(n) if seconds_per_unit > 0 => Ok(Utc::now() - chrono::Duration::seconds(n.saturating_mul(seconds_per_unit))),
-        _ => Err(format!(
+    let ago = number
+        .parse::<i64>()
+        .ok()
+        .filter(|_| seconds_per_unit > 0)
+        .map(|n| n.checked_mul(seconds_per_unit).and_then(chrono::Duration::try_seconds));
+    match ago {
+        Some(Some(ago)) => {
+            Utc::now().checked_sub_signed(ago).ok_or_else(|| format!("`{text}` reaches back before any date there is"))
+        }
+        Some(None) => Err(format!("`{text}` reaches back before any date there is")),
+        None => Err(format!(
             "`{text}` is neither a duration (30s, 15m, 1h, 7d, 2w) nor an RFC 3339 time (2026-12-03T09:00:00Z)"
         )),
     }
@@ -704,6 +714,15 @@ pub async fn retry_task(setup: &Setup, id: Uuid) -> Result<(Uuid, TaskRecord)> {
             record.task
         );
     }
+    // A double click or two operators at once: one retry, not two.
+    let marker = format!("retry:{id}");
+    if !setup.backend.store.acquire_marker(&marker, RETRY_WINDOW).await? {
+        bail!(
+            "task {id} was retried less than {} s ago; `taskbeat list --task {}` shows the new task",
+            RETRY_WINDOW.as_secs(),
+            record.task
+        );
+    }
     let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));
     let options = SendOptions {
         queue: Some(record.queue.clone()),
@@ -873,6 +892,10 @@ mod tests {
         for bad in ["", "h", "1y", "yesterday", "-1h"] {
             let err = parse_since(bad).err().unwrap_or_default();
             assert!(err.contains("30s, 15m, 1h"), "{bad}: {err}");
+        }
+        for huge in ["99999999d", "1000000000000000000s", "9223372036854775807w"] {
+            let err = parse_since(huge).err().unwrap_or_default();
+            assert!(err.contains("before any date"), "{huge}: {err}");
         }
     }
 

@@ -7,6 +7,8 @@ const REFRESH_MS = { tasks: 1000, task: 700, queues: 2000, schedules: 10000, cha
 let info = { backend: "embedded" };
 let timer = null;
 let generation = 0;
+// The element whose handler runs (so that an action can disable its button).
+let clicked = null;
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -14,7 +16,7 @@ function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
-    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), (e) => { clicked = e.currentTarget; return value(e); });
     else if (key === "class") el.className = value;
     else el.setAttribute(key, value === true ? "" : value);
   }
@@ -44,16 +46,23 @@ async function api(path, options = {}) {
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = { error: text }; }
   if (!response.ok) {
-    throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+    const error = new Error((body && body.error) || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
   }
   return body;
 }
 
-function notice(message, isError) {
+// The banner under the header. A refresh's failure is cleared by the next refresh that works;
+// what an action says stays until the next action or view.
+let noticeFromRefresh = false;
+
+function notice(message, isError, fromRefresh) {
   const box = document.getElementById("notice");
   box.textContent = message;
   box.className = isError ? "error" : "";
   box.hidden = !message;
+  noticeFromRefresh = Boolean(fromRefresh && message);
 }
 
 function live(state) {
@@ -107,9 +116,11 @@ function every(ms, render) {
     try {
       await render();
       live("ok");
+      if (noticeFromRefresh) notice("", false);
     } catch (e) {
-      live("error");
-      notice(e.message, true);
+      // An answer with an error status means the server is there; only a failed fetch is not.
+      live(e.status ? "ok" : "error");
+      notice(e.message, true, true);
     }
     if (mine === generation && ms) timer = setTimeout(tick, ms);
   };
@@ -117,13 +128,22 @@ function every(ms, render) {
   tick();
 }
 
-async function act(label, path, body, after) {
+// Runs an action once at a time: its button is disabled until the answer comes.
+async function act(label, path, body, after, button) {
+  const target = button || (clicked instanceof HTMLButtonElement ? clicked : null);
+  clicked = null;
+  if (target) {
+    if (target.disabled) return;
+    target.disabled = true;
+  }
   try {
     const result = await api(path, { method: "POST", body });
     notice(label(result), false);
     if (after) after(result);
   } catch (e) {
     notice(e.message, true);
+  } finally {
+    if (target) target.disabled = false;
   }
 }
 
@@ -137,9 +157,13 @@ async function tasksView(root) {
   const taskInput = h("input", { name: "task", id: "filter-task", list: "task-names", size: 42,
     value: params.get("task") || "", placeholder: "any task" });
   const names = h("datalist", { id: "task-names" }, registered.tasks.map((t) => h("option", { value: t })));
+  const sinceChoices = [["", "any time"], ["15m", "15 minutes"], ["1h", "1 hour"], ["6h", "6 hours"], ["1d", "1 day"],
+    ["7d", "7 days"]];
+  const given = params.get("since") || "";
+  // A value typed in the address (`?since=2h`) is shown as it is.
+  if (!sinceChoices.some(([v]) => v === given)) sinceChoices.push([given, given]);
   const since = h("select", { name: "since", id: "filter-since" },
-    [["", "any time"], ["15m", "15 minutes"], ["1h", "1 hour"], ["6h", "6 hours"], ["1d", "1 day"], ["7d", "7 days"]]
-      .map(([v, label]) => h("option", { value: v, selected: (params.get("since") || "") === v }, label)));
+    sinceChoices.map(([v, label]) => h("option", { value: v, selected: given === v }, label)));
   const form = h("form", { class: "filters", onsubmit: (e) => {
     e.preventDefault();
     const next = new URLSearchParams();
@@ -213,10 +237,10 @@ async function taskView(root, id) {
       r.parent_id ? [h("dt", {}, "Parent"), h("dd", {}, taskLink(r.parent_id))] : [],
       r.root_id && r.root_id !== r.id ? [h("dt", {}, "Root"), h("dd", {}, taskLink(r.root_id))] : [],
       r.origin ? [h("dt", {}, "Sent by"), h("dd", {}, r.origin)] : []);
-    const history = r.history || [];
-    const timeline = h("ol", { class: "timeline", id: "timeline" }, history.map((c, i) => h("li", { class: `s-${c.state}` },
+    const changes = r.history || [];
+    const timeline = h("ol", { class: "timeline", id: "timeline" }, changes.map((c, i) => h("li", { class: `s-${c.state}` },
       stateBadge(c.state), " ", c.at,
-      i > 0 ? h("span", { class: "muted" }, `  +${human(Date.parse(c.at) - Date.parse(history[i - 1].at))}`) : null)));
+      i > 0 ? h("span", { class: "muted" }, `  +${human(Date.parse(c.at) - Date.parse(changes[i - 1].at))}`) : null)));
     fill(root, 
       h("h1", {}, r.task, " ", stateBadge(r.state)),
       h("p", { id: "progress" }, progressBar(r, true), " ", h("span", { id: "status" }, r.status || "")),
@@ -225,7 +249,7 @@ async function taskView(root, id) {
       r.meta ? section("Meta (update_state)", h("pre", { id: "meta" }, json(r.meta))) : [],
       r.result !== undefined && r.result !== null ? section("Result", h("pre", { id: "result" }, json(r.result))) : [],
       r.error ? section("Error", h("pre", { class: "error", id: "error" }, `${r.error.type}: ${r.error.message}`)) : [],
-      section("Timeline", history.length ? timeline : h("p", { class: "muted" }, "No history kept for this record.")));
+      section("Timeline", changes.length ? timeline : h("p", { class: "muted" }, "No history kept for this record.")));
   });
 }
 
@@ -359,7 +383,14 @@ function route() {
   let view = "tasks";
   let run = () => tasksView(root);
   const task = path.match(/^\/tasks\/([^/]+)$/);
-  if (task) { view = "tasks"; run = () => taskView(root, decodeURIComponent(task[1])); }
+  if (task) {
+    view = "tasks";
+    run = async () => {
+      let id;
+      try { id = decodeURIComponent(task[1]); } catch (_) { throw new Error(`${task[1]} is not a task id`); }
+      return taskView(root, id);
+    };
+  }
   else if (path === "/queues") { view = "queues"; run = () => queuesView(root); }
   else if (path === "/schedules") { view = "schedules"; run = () => schedulesView(root); }
   else if (path === "/charts") { view = "charts"; run = () => chartsView(root); }

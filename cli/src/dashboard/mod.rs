@@ -38,8 +38,9 @@ use crate::{Setup, modules, ops, schedules};
 pub const DEFAULT_BIND: &str = "127.0.0.1:8642";
 /// The shortest token accepted: anything shorter is guessable.
 const MIN_TOKEN_LEN: usize = 16;
-/// The cookie a browser keeps the token in after opening `/?token=...` once.
-const TOKEN_COOKIE: &str = "taskbeat_dashboard";
+/// The cookie a browser keeps the token in after opening `/?token=...` once, followed by the
+/// port (cookies do not tell ports apart: two dashboards on one host keep one each).
+const TOKEN_COOKIE: &str = "taskbeat_dashboard_";
 /// The header every state-changing request carries (the page's script sends it).
 const ACTION_HEADER: &str = "x-taskbeat";
 /// Tasks per page unless the request says otherwise, and the most it may ask for.
@@ -119,13 +120,20 @@ impl AppState {
 /// Checks the options and binds the address: a non-loopback address without a token is refused.
 pub async fn bind(setup: Arc<Setup>, address: SocketAddr, token: Option<String>, aws: bool) -> Result<Bound> {
     let token = token.filter(|t| !t.is_empty());
-    if let Some(token) = &token
-        && token.chars().count() < MIN_TOKEN_LEN
-    {
-        bail!(
-            "the dashboard token is {} characters; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)",
-            token.chars().count()
-        );
+    if let Some(token) = &token {
+        // It travels in a header and a cookie: visible ASCII without a cookie's separators.
+        if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic() || matches!(c, ';' | ',' | '"' | '\\')) {
+            bail!(
+                "the dashboard token may hold letters, digits and visible ASCII punctuation only, not {bad:?} \
+                 (e.g. `openssl rand -hex 16`)"
+            );
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            bail!(
+                "the dashboard token is {} characters; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)",
+                token.len()
+            );
+        }
     }
     if !address.ip().is_loopback() && token.is_none() {
         bail!(
@@ -230,13 +238,15 @@ fn same_secret(given: &str, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+/// The values of this dashboard's token cookie (a browser may send more than one).
+fn cookie_tokens(headers: &HeaderMap, port: u16) -> impl Iterator<Item = &str> {
+    let name = format!("{TOKEN_COOKIE}{port}=");
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE).and_then(|rest| rest.strip_prefix('=')))
+        .filter_map(move |pair| pair.trim().strip_prefix(name.as_str()))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -254,12 +264,19 @@ fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 
 /// Whether a Host header names this machine's loopback (any port).
 fn loopback_host(host: &str) -> bool {
-    let name = if host.starts_with('[') {
-        host.split(']').next().map(|h| h.trim_start_matches('[')).unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) => (name, port.strip_prefix(':').or(port.is_empty().then_some(""))),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, Some("")),
+        },
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let port_ok = port.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {
@@ -274,8 +291,9 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     let headers = request.headers();
     match &state.token {
         None => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-            if !loopback_host(host) {
+            let hosts: Vec<&str> = headers.get_all(header::HOST).iter().filter_map(|h| h.to_str().ok()).collect();
+            let host = hosts.first().copied().unwrap_or_default();
+            if hosts.len() != 1 || !loopback_host(host) {
                 return refuse(
                     StatusCode::FORBIDDEN,
                     format!(
@@ -287,8 +305,9 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         }
         Some(token) => {
             let from_query = query_token(request.uri().query());
-            let given = bearer_token(headers).or_else(|| cookie_token(headers)).map(str::to_owned);
-            let ok = given.as_deref().is_some_and(|g| same_secret(g, token));
+            let port = state.address.port();
+            let ok = bearer_token(headers).is_some_and(|g| same_secret(g, token))
+                || cookie_tokens(headers, port).any(|g| same_secret(g, token));
             let query_ok = from_query.as_deref().is_some_and(|g| same_secret(g, token));
             if !ok && !query_ok {
                 return refuse(
@@ -300,7 +319,8 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             }
             if query_ok && request.method() == Method::GET && !request.uri().path().starts_with("/api/") {
                 // Keep the token in a cookie, out of the address bar and the browser history.
-                let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+                let cookie =
+                    format!("{TOKEN_COOKIE}{}={token}; HttpOnly; SameSite=Strict; Path=/", state.address.port());
                 let rest: String = form_urlencoded::Serializer::new(String::new())
                     .extend_pairs(url_pairs(request.uri().query().unwrap_or_default()).filter(|(k, _)| k != "token"))
                     .finish();
@@ -397,7 +417,7 @@ struct TasksQuery {
     state: Option<String>,
     task: Option<String>,
     since: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -417,7 +437,13 @@ async fn tasks(State(state): State<Arc<AppState>>, Query(query): Query<TasksQuer
     };
     let cursor =
         nonempty(query.cursor).map(|c| c.parse::<ListCursor>()).transpose().map_err(|e| bad_request(format!("{e}")))?;
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let limit = match nonempty(query.limit) {
+        None => PAGE_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| bad_request(format!("limit `{text}` is not a number of tasks (1 to {PAGE_MAX})")))?
+            .clamp(1, PAGE_MAX),
+    };
     let page = list_tasks(state.setup.backend.store.as_ref(), &filter, cursor.as_ref(), limit)
         .await
         .map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
@@ -529,10 +555,19 @@ mod tests {
 
     #[test]
     fn loopback_hosts_only() {
-        for host in ["localhost:8642", "127.0.0.1:8642", "[::1]:8642", "LOCALHOST", "127.0.0.1"] {
+        for host in ["localhost:8642", "127.0.0.1:8642", "[::1]:8642", "LOCALHOST", "127.0.0.1", "[::1]"] {
             assert!(loopback_host(host), "{host}");
         }
-        for host in ["evil.example:8642", "10.0.0.5:8642", "", "localhost.evil.example:80", "[fe80::1]:1"] {
+        for host in [
+            "evil.example:8642",
+            "10.0.0.5:8642",
+            "",
+            "localhost.evil.example:80",
+            "[fe80::1]:1",
+            "127.0.0.1:8642@evil.example",
+            "[::1]x",
+            "[::1",
+        ] {
             assert!(!loopback_host(host), "{host}");
         }
     }
@@ -541,9 +576,14 @@ mod tests {
     fn tokens_come_from_header_cookie_or_query() {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("other=1; taskbeat_dashboard=xyz"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "taskbeat_dashboard_8642=old; other=1; taskbeat_dashboard_8642=xyz; taskbeat_dashboard_9=n",
+            ),
+        );
         assert_eq!(bearer_token(&headers), Some("abc"));
-        assert_eq!(cookie_token(&headers), Some("xyz"));
+        assert_eq!(cookie_tokens(&headers, 8642).collect::<Vec<_>>(), ["old", "xyz"]);
         assert_eq!(query_token(Some("state=SUCCESS&token=a%2Bb+c")).as_deref(), Some("a+b c"));
         assert_eq!(query_token(Some("state=SUCCESS")), None);
         assert_eq!(query_token(Some("token=%e4%b8%ad%")).as_deref(), Some("中%"));

@@ -195,6 +195,26 @@ fn dashboard_in_chromium() {
         assert!(args.contains("u10") && args.contains("recompute"), "{args}");
         screenshot(&client, "task.png").await;
 
+        // A failed task is retried from its page: a double click makes one new task, whose page opens.
+        let failed = rig.send(&[r#"[["x1"],"explode"]"#]);
+        client.goto(&format!("{base}/tasks/{failed}")).await.unwrap();
+        eventually("the Retry button", 30, || async { client.find(Locator::Css("#retry")).await.ok() }).await;
+        client.execute("const b = document.getElementById('retry'); b.click(); b.click();", vec![]).await.unwrap();
+        let retried = eventually("the retry's page", 20, || async {
+            let url = client.current_url().await.ok()?;
+            url.path().strip_prefix("/tasks/").filter(|id| *id != failed).map(str::to_owned)
+        })
+        .await;
+        assert_eq!(rig.status(&retried)["parent_id"], failed.as_str());
+        let children: Vec<Value> = rig.json(&["list", "--limit", "100"])["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["parent_id"] == failed.as_str())
+            .cloned()
+            .collect();
+        assert_eq!(children.len(), 1, "one retry for a double click: {children:?}");
+
         // Tasks: the list, live, with filters.
         client.goto(&format!("{base}/")).await.unwrap();
         eventually("the task in the list", 20, || async {

@@ -371,6 +371,8 @@ fn operator_commands(aws: bool) {
     let retried = rig.json(&["retry", &explode[0]]);
     let retry_id = retried["id"].as_str().unwrap().to_owned();
     assert_eq!(retried["retry_of"], explode[0].as_str());
+    let twice = rig.fails(&["retry", &explode[0]]);
+    assert!(twice.contains("was retried less than 10 s ago"), "one retry per click, not two: {twice}");
     assert_eq!(rig.run(&["watch", &retry_id, "--timeout", "60"]).status.code(), Some(1));
     let record = rig.status(&retry_id);
     assert_eq!(
