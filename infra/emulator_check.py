@@ -18,6 +18,7 @@ import io
 import json
 import os
 import fnmatch
+import string
 import sys
 import tomllib
 import urllib.parse
@@ -162,16 +163,39 @@ MODULE_DEFAULTS = {"batch_size": 10, "batching_window": 0, "timeout": 60, "memor
 MAX_RECEIVE_DEFAULT = 10
 
 
+def sqs_queue_name(manifest, project, queue):
+    """`{project}-{queue}`, or for a queue serving a Celery queue the name kombu's SQS transport
+    looks up: `queue_name_prefix + celery_queue` with `.` as `-` and other ASCII punctuation but
+    `-` and `_` as `_`, a final `.fifo` kept (kombu's Channel.entity_name)."""
+    settings = manifest.get("queues", {}).get(queue, {})
+    if "celery_queue" not in settings:
+        return f"{project}-{queue}"
+    name = settings.get("celery_queue_name_prefix", "") + settings["celery_queue"]
+    suffix = ".fifo" if name.endswith(".fifo") else ""
+    table = {ord(c): "_" for c in string.punctuation if c not in "-_."}
+    table[ord(".")] = "-"
+    return name[: len(name) - len(suffix)].translate(table) + suffix
+
+
 def check_manifest(manifest, sqs, ddb, events, lam):
     """What taskbeat.toml says, read independently of the template."""
     print("==> the deployed stack against taskbeat.toml")
     project = manifest["project"]["name"]
     table = manifest["project"].get("table") or f"{project}-tasks"
     check(ddb.describe_table(TableName=table)["Table"]["TableStatus"] == "ACTIVE", f"table {table}")
+    celery = manifest.get("celery", {})
+    if celery.get("results"):
+        results = celery.get("results_table") or f"{project}-celery-results"
+        described = ddb.describe_table(TableName=results)["Table"]
+        check(
+            described["TableStatus"] == "ACTIVE"
+            and described["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}],
+            f"Celery result table {results}, hash key id",
+        )
     queue_arns = {}
     for name, module in sorted(manifest["modules"].items()):
         settings = {**MODULE_DEFAULTS, **module}
-        queue, dlq = f"{project}-{module['queue']}", f"{project}-{module['queue']}-dlq"
+        queue, dlq = sqs_queue_name(manifest, project, module["queue"]), f"{project}-{module['queue']}-dlq"
         _, attributes = queue_attributes(sqs, queue)
         _, dlq_attributes = queue_attributes(sqs, dlq)
         queue_arns[module["queue"]] = attributes["QueueArn"]
@@ -250,7 +274,7 @@ def check_queues(sam, sqs, outputs):
 
 
 def check_table(sam, ddb, outputs):
-    print("==> task table")
+    print("==> tables (task records; Celery results with [celery] results = true)")
     for rid, table in resources_of(sam, "AWS::DynamoDB::Table").items():
         props = table["Properties"]
         described = ddb.describe_table(TableName=props["TableName"])["Table"]
@@ -259,7 +283,7 @@ def check_table(sam, ddb, outputs):
         billing = described.get("BillingModeSummary", {}).get("BillingMode")
         check(billing == props["BillingMode"], f"{props['TableName']} billing {props['BillingMode']} (got {billing})")
         indexes = {i["IndexName"]: i for i in described.get("GlobalSecondaryIndexes", [])}
-        for index in props["GlobalSecondaryIndexes"]:
+        for index in props.get("GlobalSecondaryIndexes", []):
             got = indexes.get(index["IndexName"])
             check(
                 got is not None and got["KeySchema"] == index["KeySchema"]

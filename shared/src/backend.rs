@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 
+use crate::celery::results::{CeleryResultStore, CeleryResultWriter};
 use crate::manifest::{Manifest, embedded_dlq_name};
 use crate::queue::TaskQueue;
 use crate::queue::sqlite::{Redrive, SqliteQueue};
@@ -81,8 +82,9 @@ impl Backend {
         let table = manifest.table_name();
         let endpoint = sdk.endpoint_url().map(|e| format!(" at {e}")).unwrap_or_default();
         let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "(no region)".into());
+        let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(dynamodb.clone(), &table));
         Backend {
-            store: Arc::new(DynamoStore::new(dynamodb, &table)),
+            store: with_celery_results(manifest, store, &dynamodb),
             queues,
             location: format!(
                 "DynamoDB table {table} and SQS queues {}-* in {region}{endpoint}",
@@ -94,6 +96,18 @@ impl Backend {
     /// A queue by manifest name.
     pub fn queue(&self, name: &str) -> Option<&QueuePair> {
         self.queues.get(name)
+    }
+}
+
+/// The store, also writing Celery's result items when the manifest says `[celery] results = true`.
+pub fn with_celery_results(
+    manifest: &Manifest,
+    store: Arc<dyn StateStore>,
+    dynamodb: &aws_sdk_dynamodb::Client,
+) -> Arc<dyn StateStore> {
+    match manifest.celery_results() {
+        Some(config) => Arc::new(CeleryResultStore::new(store, CeleryResultWriter::new(dynamodb.clone(), config))),
+        None => store,
     }
 }
 

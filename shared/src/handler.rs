@@ -21,7 +21,6 @@ use tracing::{Instrument, info_span};
 
 use crate::client::Client;
 use crate::context::{ContextParts, DEFAULT_PROGRESS_INTERVAL, TaskContext};
-use crate::envelope::Envelope;
 use crate::event::MESSAGE_GROUP_ID;
 use crate::metrics::{BatchMetrics, MetricsSink, Outcome, RecordTally};
 use crate::queue::{OutgoingMessage, TaskQueue, dead_letter_attributes};
@@ -180,7 +179,8 @@ impl BatchHandler {
     /// the lease. The records say RETRY with why, keeping their retry count.
     pub async fn release_interrupted(&self, messages: &[crate::queue::ReceivedMessage]) {
         for message in messages {
-            let Ok(envelope) = Envelope::parse(&message.body) else { continue };
+            let Ok(incoming) = crate::celery::decode(&message.body) else { continue };
+            let envelope = incoming.into_envelope();
             let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Retry);
             completion.error =
                 Some(ErrorInfo::new("Interrupted", "the worker stopped before the task finished; it runs again"));
@@ -208,15 +208,18 @@ impl BatchHandler {
         tally: &mut RecordTally,
     ) -> RecordOutcome {
         let body = record.body.as_deref().unwrap_or_default();
-        let envelope = match Envelope::parse(body) {
-            Ok(envelope) => envelope,
+        // taskbeat's envelope, or a Celery message from kombu's SQS transport.
+        let incoming = match crate::celery::decode(body) {
+            Ok(incoming) => incoming,
             Err(e) => {
-                let salvaged = Envelope::salvage_id(body);
+                let salvaged = crate::celery::salvage_id(body);
                 let reason = DeadLetterReason { full: format!("malformed message: {e}"), loggable: e.summary() };
                 let outcome = self.dead_letter(record, reason, "MalformedMessage", salvaged).await;
                 return tallied(outcome, tally, Outcome::DeadLettered);
             }
         };
+        let message_time_limit = incoming.time_limit();
+        let envelope = incoming.into_envelope();
         let span = tracing::Span::current();
         span.record("task_id", tracing::field::display(envelope.id));
         span.record("task", envelope.task.as_str());
@@ -249,10 +252,13 @@ impl BatchHandler {
             if wait > Duration::from_millis(500) {
                 return self.wait_until_due(record, wait, eta).await;
             }
+            // Due within half a second (below what a visibility change can say): wait here, so
+            // a countdown never runs early.
+            tokio::time::sleep(wait).await;
         }
 
         let options = spec.options();
-        let time_limit = options.time_limit.unwrap_or(self.options.default_time_limit);
+        let time_limit = message_time_limit.or(options.time_limit).unwrap_or(self.options.default_time_limit);
         let now = Instant::now();
         // The margin to record the end before the deadline: the configured one, but never more
         // than a tenth of the time left (a 2 s function keeps 0.2 s, not all of it).

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::lambda::{ENV_DLQ_URL, ENV_QUEUE, ENV_TABLE, ENV_TIME_LIMIT};
+use crate::lambda::{ENV_CELERY_RESULTS_TABLE, ENV_DLQ_URL, ENV_QUEUE, ENV_TABLE, ENV_TIME_LIMIT};
 use crate::manifest::{Manifest, Module, ScheduleSpec};
 use crate::schedule::eventbridge_expression;
 use crate::store::dynamodb::{HASH_KEY, INDEXES, TTL_ATTRIBUTE};
@@ -270,6 +270,8 @@ impl ModuleIds {
 
 /// The logical id of the task table.
 pub const TABLE_ID: &str = "TaskTable";
+/// The logical id of Celery's result table (`[celery] results = true`).
+pub const CELERY_RESULT_TABLE_ID: &str = "CeleryResultTable";
 /// The parameter holding the log retention.
 pub const LOG_RETENTION_PARAMETER: &str = "LogRetentionInDays";
 /// The parameter to change after rotating a secret: CloudFormation resolves secret references
@@ -505,6 +507,9 @@ pub fn render(manifest: &Manifest, options: &RenderOptions) -> Result<Template, 
 
     let mut resources = Entries::default();
     resources.add(TABLE_ID, table(manifest))?;
+    if let Some(config) = manifest.celery_results() {
+        resources.add(CELERY_RESULT_TABLE_ID, celery_result_table(&config))?;
+    }
     for (name, module) in &manifest.modules {
         let ids = ModuleIds::new(name);
         let rules: Vec<String> = schedules
@@ -710,6 +715,37 @@ fn table(manifest: &Manifest) -> Node {
     ])
 }
 
+/// Celery's result table as its DynamoDB backend creates it: hash key `id` (a string), on
+/// demand, TTL on `ttl` when results expire.
+fn celery_result_table(config: &crate::celery::results::ResultBackendConfig) -> Node {
+    use crate::celery::results::{KEY_ATTRIBUTE, TTL_ATTRIBUTE as CELERY_TTL};
+    let mut properties = vec![
+        ("TableName".to_owned(), s(&config.table)),
+        ("BillingMode".to_owned(), s("PAY_PER_REQUEST")),
+        (
+            "AttributeDefinitions".to_owned(),
+            Node::Seq(vec![map([("AttributeName", s(KEY_ATTRIBUTE)), ("AttributeType", s("S"))])]),
+        ),
+        ("KeySchema".to_owned(), Node::Seq(vec![map([("AttributeName", s(KEY_ATTRIBUTE)), ("KeyType", s("HASH"))])])),
+    ];
+    if config.expires.is_some() {
+        properties.push((
+            "TimeToLiveSpecification".to_owned(),
+            map([("AttributeName", s(CELERY_TTL)), ("Enabled", Node::Bool(true))]),
+        ));
+    }
+    properties
+        .push(("PointInTimeRecoverySpecification".to_owned(), map([("PointInTimeRecoveryEnabled", Node::Bool(true))])));
+    properties.push(("SSESpecification".to_owned(), map([("SSEEnabled", Node::Bool(true)), ("SSEType", s("KMS"))])));
+    map([
+        ("Type", s("AWS::DynamoDB::Table")),
+        ("DeletionPolicy", s("Delete")),
+        ("UpdateReplacePolicy", s("Delete")),
+        ("Metadata", map([("checkov", checkov_skips(&[SKIP_TABLE_CMK]))])),
+        ("Properties", Node::Map(properties)),
+    ])
+}
+
 fn dead_letter_queue(manifest: &Manifest, module: &Module) -> Node {
     let settings = manifest.queue_settings(&module.queue);
     // Only the module's own queue may use it as a dead-letter queue.
@@ -852,6 +888,10 @@ fn role(manifest: &Manifest, module: &Module, ids: &ModuleIds) -> Node {
         ));
     }
     statements.push(statement("TaskRecords", TABLE_ITEM_ACTIONS.to_vec(), get_att(TABLE_ID, "Arn")));
+    if manifest.celery_results().is_some() {
+        // Each state change is one conditional PutItem of Celery's item.
+        statements.push(statement("CeleryResults", vec!["dynamodb:PutItem"], get_att(CELERY_RESULT_TABLE_ID, "Arn")));
+    }
     statements.push(statement(
         "ListTaskRecords",
         vec!["dynamodb:Query"],
@@ -896,6 +936,9 @@ fn function(manifest: &Manifest, name: &str, module: &Module, ids: &ModuleIds, o
         // A task's default time limit is the module's timeout, as in `taskbeat local`.
         (ENV_TIME_LIMIT.to_owned(), s(module.timeout.to_string())),
     ];
+    if manifest.celery_results().is_some() {
+        variables.push((ENV_CELERY_RESULTS_TABLE.to_owned(), reference(CELERY_RESULT_TABLE_ID)));
+    }
     for env in &module.settings {
         variables.push((env.clone(), reference(&setting_parameter(env))));
     }
@@ -1029,6 +1072,15 @@ fn outputs(manifest: &Manifest) -> Result<Node, InfraError> {
         format!("{TABLE_ID}Name"),
         map([("Description", s("DynamoDB table of task records")), ("Value", reference(TABLE_ID))]),
     )?;
+    if manifest.celery_results().is_some() {
+        outputs.add(
+            format!("{CELERY_RESULT_TABLE_ID}Name"),
+            map([
+                ("Description", s("DynamoDB table Celery's result backend reads (dynamodb://@REGION/TABLE)")),
+                ("Value", reference(CELERY_RESULT_TABLE_ID)),
+            ]),
+        )?;
+    }
     Ok(outputs.into_node())
 }
 
@@ -1400,6 +1452,41 @@ queue = "alerts"
                 }
             }
         }
+    }
+
+    /// `[celery] results = true`: Celery's result table as its backend makes it, named to every
+    /// function, which may write items there and nothing else; a Celery queue's SQS name is
+    /// kombu's.
+    #[test]
+    fn celery_results_and_queue_names_are_deployed() {
+        let text = format!(
+            "{TRICKY}\n[queues.default]\ncelery_queue = \"app.default\"\ncelery_queue_name_prefix = \"prod.\"\n\n\
+             [celery]\nresults = true\nresults_table = \"app-results\"\nresult_expires = 86400\n"
+        );
+        let manifest = manifest(&text);
+        let template = render(&manifest, &RenderOptions::default()).unwrap();
+        let table = template.resource(CELERY_RESULT_TABLE_ID).unwrap().to_json();
+        assert_eq!(table["Properties"]["TableName"], "app-results");
+        assert_eq!(table["Properties"]["KeySchema"], serde_json::json!([{"AttributeName": "id", "KeyType": "HASH"}]));
+        assert_eq!(table["Properties"]["TimeToLiveSpecification"]["AttributeName"], "ttl");
+        for module in manifest.modules.keys() {
+            let function = template.resource(&ModuleIds::new(module).function).unwrap().to_json();
+            let variables = &function["Properties"]["Environment"]["Variables"];
+            assert_eq!(variables[ENV_CELERY_RESULTS_TABLE], serde_json::json!({"Ref": CELERY_RESULT_TABLE_ID}));
+            let grants: Vec<_> =
+                statements(&template, module).into_iter().filter(|(sid, _, _)| sid == "CeleryResults").collect();
+            assert_eq!(grants.len(), 1, "{module}");
+            assert_eq!(grants[0].1, vec!["dynamodb:PutItem".to_owned()]);
+            assert!(grants[0].2.contains(CELERY_RESULT_TABLE_ID), "{:?}", grants[0]);
+        }
+        let queue = template.resource(&ModuleIds::new("user").queue).unwrap().to_json();
+        assert_eq!(queue["Properties"]["QueueName"], "prod-app-default");
+        assert_eq!(manifest.sqs_queue_name("default"), "prod-app-default");
+
+        // Without the switch: nothing of it.
+        let plain = render(&self::manifest(TRICKY), &RenderOptions::default()).unwrap();
+        assert!(plain.resource(CELERY_RESULT_TABLE_ID).is_none());
+        assert!(!plain.to_yaml().contains(ENV_CELERY_RESULTS_TABLE));
     }
 
     #[test]

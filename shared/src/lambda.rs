@@ -42,6 +42,9 @@ pub const ENV_QUEUE: &str = "TASKBEAT_QUEUE";
 pub const ENV_CONCURRENCY: &str = "TASKBEAT_CONCURRENCY";
 /// Optional: default time limit of a task run, seconds.
 pub const ENV_TIME_LIMIT: &str = "TASKBEAT_TIME_LIMIT";
+/// Optional: the table of Celery results (with `[celery] results = true` in the manifest; the
+/// manifest's table name otherwise).
+pub const ENV_CELERY_RESULTS_TABLE: &str = "TASKBEAT_CELERY_RESULTS_TABLE";
 
 /// A setting that is missing or wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +75,8 @@ pub struct LambdaConfig {
     pub queue: String,
     /// How the handler runs.
     pub options: HandlerOptions,
+    /// The Celery result table, when the deployment names it (`[celery] results = true`).
+    pub celery_results_table: Option<String>,
 }
 
 impl LambdaConfig {
@@ -101,7 +106,8 @@ impl LambdaConfig {
         if let Some(n) = number(ENV_TIME_LIMIT, "a positive number of seconds")? {
             options.default_time_limit = Duration::from_secs(n);
         }
-        Ok(LambdaConfig { table, dlq_url, queue, options })
+        let celery_results_table = var(ENV_CELERY_RESULTS_TABLE).filter(|v| !v.trim().is_empty());
+        Ok(LambdaConfig { table, dlq_url, queue, options, celery_results_table })
     }
 
     /// Reads the configuration from the process environment.
@@ -227,7 +233,16 @@ pub async fn run(registry: Registry, manifest: &str) -> Result<(), lambda_runtim
     let sdk = load_sdk_config().await;
     let mut backend = Backend::aws(&manifest, &sdk);
     // The table and the DLQ come from the deployment; the other queues from the manifest.
-    backend.store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table));
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut manifest = manifest;
+    if let (Some(celery), Some(table)) = (manifest.celery.as_mut(), config.celery_results_table.clone()) {
+        celery.results_table = Some(table);
+    }
+    backend.store = crate::backend::with_celery_results(
+        &manifest,
+        Arc::new(DynamoStore::new(dynamodb.clone(), &config.table)),
+        &dynamodb,
+    );
     let dead_letters: Arc<dyn TaskQueue> =
         Arc::new(SqsQueue::from_url(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url));
     let origin = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| registry.module().to_owned());
@@ -264,6 +279,14 @@ mod tests {
         let err = LambdaConfig::from_lookup(|n| Some(if n == ENV_CONCURRENCY { "lots".into() } else { "x".into() }))
             .unwrap_err();
         assert!(err.to_string().contains(ENV_CONCURRENCY) && err.to_string().contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn the_celery_result_table_is_optional() {
+        let base = |n: &str| matches!(n, ENV_TABLE | ENV_DLQ_URL | ENV_QUEUE).then(|| "x".to_owned());
+        assert_eq!(LambdaConfig::from_lookup(base).unwrap().celery_results_table, None);
+        let with = |n: &str| if n == ENV_CELERY_RESULTS_TABLE { Some("app-results".to_owned()) } else { base(n) };
+        assert_eq!(LambdaConfig::from_lookup(with).unwrap().celery_results_table.as_deref(), Some("app-results"));
     }
 
     mod logs {

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod celery;
 pub mod client;
 pub mod context;
 pub mod envelope;

@@ -139,6 +139,14 @@ pub struct QueueSettings {
     /// task name), duplicates of a task id within five minutes dropped, no countdown or eta.
     #[serde(default)]
     pub fifo: bool,
+    /// The Celery queue this queue serves (`queue=` of `send_task`, `task_routes`): the SQS
+    /// queue is then named as kombu's SQS transport looks it up, from this name and
+    /// `celery_queue_name_prefix`, instead of `{project}-{queue}`.
+    #[serde(default)]
+    pub celery_queue: Option<String>,
+    /// The `queue_name_prefix` of the producer's `broker_transport_options`.
+    #[serde(default)]
+    pub celery_queue_name_prefix: String,
 }
 
 impl Default for QueueSettings {
@@ -147,6 +155,8 @@ impl Default for QueueSettings {
             max_receive_count: default_max_receive_count(),
             max_message_bytes: default_max_message_bytes(),
             fifo: false,
+            celery_queue: None,
+            celery_queue_name_prefix: String::new(),
         }
     }
 }
@@ -307,6 +317,9 @@ pub struct Manifest {
     /// Beat schedules by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSpec>,
+    /// Celery compatibility: where results are written for `AsyncResult`.
+    #[serde(default)]
+    pub celery: Option<crate::celery::CelerySettings>,
 }
 
 impl Manifest {
@@ -323,7 +336,106 @@ impl Manifest {
             .map_err(|e| ManifestError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
         manifest.validate(origin)?;
         manifest.validate_schedules(origin, text)?;
+        manifest.validate_celery(origin, text)?;
         Ok(manifest)
+    }
+
+    /// Celery queue names must make valid SQS names the way kombu derives them, and the
+    /// `[celery]` result settings must be usable. An error names its line in `text`.
+    fn validate_celery(&self, origin: &str, text: &str) -> Result<(), ManifestError> {
+        let fail = |section: Section<'_>, field: Option<&str>, message: String, hint: &str| {
+            let line = key_line(text, section, field).map(|l| format!("line {l}: ")).unwrap_or_default();
+            ManifestError::Invalid {
+                origin: origin.to_owned(),
+                message: format!("{line}{message}"),
+                hint: hint.to_owned(),
+            }
+        };
+        let mut names: BTreeMap<String, &str> = BTreeMap::new();
+        for queue in self.queue_names() {
+            let name = self.sqs_queue_name(queue);
+            let settings = self.queue_settings(queue);
+            if let Some(celery_queue) = &settings.celery_queue {
+                crate::celery::naming::check_sqs_queue_name(&name, settings.fifo).map_err(|e| {
+                    // Point at the prefix when it is what breaks the name.
+                    let prefix = crate::celery::naming::entity_name(&settings.celery_queue_name_prefix);
+                    let prefix_at_fault = !prefix.is_empty()
+                        && (matches!(e, crate::celery::naming::QueueNameError::TooLong { .. })
+                            || prefix.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')));
+                    let field = if prefix_at_fault { "celery_queue_name_prefix" } else { "celery_queue" };
+                    fail(
+                        Section::Queue(queue),
+                        Some(field),
+                        format!("[queues.{queue}] celery_queue {celery_queue:?}: kombu would look up {e}"),
+                        "kombu keeps letters, digits, `-` and `_`, turns `.` into `-` and other ASCII punctuation \
+                         into `_`; the prefix and name together stay within 80 characters, and a FIFO queue \
+                         (`fifo = true`) is a Celery queue name ending in `.fifo`",
+                    )
+                })?;
+            }
+            if let Some(other) = names.insert(name.clone(), queue) {
+                return Err(fail(
+                    Section::Queue(queue),
+                    Some("celery_queue"),
+                    format!("queues `{other}` and `{queue}` would both be the SQS queue `{name}`"),
+                    "give each queue its own Celery queue name",
+                ));
+            }
+        }
+        let Some(celery) = &self.celery else { return Ok(()) };
+        if let Some(form) = &celery.result_key {
+            crate::celery::results::KeyForm::parse(form).map_err(|e| {
+                fail(
+                    Section::Celery,
+                    Some("result_key"),
+                    format!("[celery] {e}"),
+                    "check the key your Celery version writes: celery/backends/base.py get_key_for_task \
+                     and celery/backends/dynamodb.py set",
+                )
+            })?;
+        }
+        let table = self.celery_results_table();
+        if !(3..=255).contains(&table.len()) || !table.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            return Err(fail(
+                Section::Celery,
+                Some("results_table"),
+                format!("[celery] results_table `{table}` is not a DynamoDB table name"),
+                "use 3 to 255 letters, digits, `_`, `-` and `.`, as in the backend URL dynamodb://@REGION/TABLE",
+            ));
+        }
+        if celery.result_expires == Some(0) {
+            return Err(fail(
+                Section::Celery,
+                Some("result_expires"),
+                "[celery] result_expires = 0: items would expire as they are written".into(),
+                "set the backend URL's ttl_seconds (e.g. 86400), or leave result_expires out for no expiry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The table of Celery results: `[celery] results_table`, else `{project}-celery-results`.
+    pub fn celery_results_table(&self) -> String {
+        self.celery
+            .as_ref()
+            .and_then(|c| c.results_table.clone())
+            .unwrap_or_else(|| format!("{}-celery-results", self.project.name))
+    }
+
+    /// Where Celery results are written, when `[celery] results = true`.
+    pub fn celery_results(&self) -> Option<crate::celery::results::ResultBackendConfig> {
+        let celery = self.celery.as_ref().filter(|c| c.results)?;
+        Some(crate::celery::results::ResultBackendConfig {
+            table: self.celery_results_table(),
+            // Checked when the manifest loaded.
+            key: celery
+                .result_key
+                .as_deref()
+                .and_then(|form| crate::celery::results::KeyForm::parse(form).ok())
+                .unwrap_or_default(),
+            expires: celery.result_expires.map(Duration::from_secs),
+            extended: celery.result_extended,
+        })
     }
 
     /// Every schedule must become an EventBridge rule and send to a queue a module consumes.
@@ -475,9 +587,14 @@ impl Manifest {
         self.project.table.clone().unwrap_or_else(|| format!("{}-tasks", self.project.name))
     }
 
-    /// A queue's SQS name.
+    /// A queue's SQS name: `{project}-{queue}`, or for a queue serving a Celery queue the name
+    /// kombu's SQS transport looks up.
     pub fn sqs_queue_name(&self, queue: &str) -> String {
-        let fifo = if self.queue_settings(queue).fifo { ".fifo" } else { "" };
+        let settings = self.queue_settings(queue);
+        if let Some(celery_queue) = &settings.celery_queue {
+            return crate::celery::naming::kombu_queue_name(&settings.celery_queue_name_prefix, celery_queue);
+        }
+        let fifo = if settings.fifo { ".fifo" } else { "" };
         format!("{}-{queue}{fifo}", self.project.name)
     }
 
@@ -495,21 +612,53 @@ impl Manifest {
 }
 
 /// The line (1-based) of a schedule's `field` in manifest text, or of its table when the field
-/// is absent or not given. The manifest is parsed a second time, keeping spans, only when an
-/// error needs a line.
+/// is absent or not given.
 fn schedule_line(text: &str, name: &str, field: Option<&str>) -> Option<usize> {
+    key_line(text, Section::Schedule(name), field)
+}
+
+/// A table of the manifest that an error can point at.
+#[derive(Debug, Clone, Copy)]
+enum Section<'a> {
+    /// `[schedules.NAME]`.
+    Schedule(&'a str),
+    /// `[queues.NAME]`.
+    Queue(&'a str),
+    /// `[celery]`.
+    Celery,
+}
+
+/// The line (1-based) of `field` in a table of the manifest text, or of the table when the
+/// field is absent or not given. The manifest is parsed a second time, keeping spans, only when
+/// an error needs a line.
+fn key_line(text: &str, section: Section<'_>, field: Option<&str>) -> Option<usize> {
     type Fields = BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>;
     #[derive(Deserialize)]
     struct Spans {
         #[serde(default)]
         schedules: BTreeMap<toml::Spanned<String>, Fields>,
+        #[serde(default)]
+        queues: BTreeMap<toml::Spanned<String>, Fields>,
+        #[serde(default)]
+        celery: Option<Fields>,
     }
     let spans: Spans = toml::from_str(text).ok()?;
-    let (key, fields) = spans.schedules.iter().find(|(key, _)| key.get_ref() == name)?;
-    let offset = field
-        .and_then(|field| fields.iter().find(|(k, _)| k.get_ref() == field))
-        .map_or(key.span().start, |(k, _)| k.span().start);
-    Some(text.get(..offset)?.matches('\n').count() + 1)
+    let line_of = |offset: usize| Some(text.get(..offset)?.matches('\n').count() + 1);
+    let in_fields = |fields: &Fields| {
+        field.and_then(|field| fields.iter().find(|(k, _)| k.get_ref() == field)).map(|(k, _)| k.span().start)
+    };
+    let table = |tables: &BTreeMap<toml::Spanned<String>, Fields>, name: &str| {
+        let (key, fields) = tables.iter().find(|(key, _)| key.get_ref() == name)?;
+        line_of(in_fields(fields).unwrap_or(key.span().start))
+    };
+    match section {
+        Section::Schedule(name) => table(&spans.schedules, name),
+        Section::Queue(name) => table(&spans.queues, name),
+        Section::Celery => match spans.celery.as_ref().and_then(in_fields) {
+            Some(offset) => line_of(offset),
+            None => text.lines().position(|l| l.trim_start().starts_with("[celery]")).map(|l| l + 1),
+        },
+    }
 }
 
 /// The dead-letter queue's name of an embedded queue.
@@ -609,6 +758,58 @@ queue = "alerts"
         assert!(err.contains("a Celery crontab string") && err.contains("line"), "{err}");
         let (err, _) = schedule_error("[schedules.\"bad name\"]\ntask = \"x.y\"\nminute = 1\n", "[schedules");
         assert!(err.contains("not a valid EventBridge rule name"), "{err}");
+    }
+
+    /// Parses MINIMAL plus `extra`; returns the error and the line `marker` starts on.
+    fn celery_error(extra: &str, marker: &str) -> (String, usize) {
+        let text = format!("{MINIMAL}\n{extra}");
+        let line = text.lines().position(|l| l.starts_with(marker)).unwrap() + 1;
+        (Manifest::parse(&text, "taskbeat.toml").unwrap_err().to_string(), line)
+    }
+
+    #[test]
+    fn celery_queues_are_named_as_kombu_looks_them_up() {
+        let text = format!(
+            "{MINIMAL}\n[queues.alerts]\ncelery_queue = \"alerts.high\"\ncelery_queue_name_prefix = \"prod:\"\n"
+        );
+        let m = Manifest::parse(&text, "test").unwrap();
+        assert_eq!(m.sqs_queue_name("alerts"), "prod_alerts-high");
+        assert_eq!(m.sqs_dlq_name("alerts"), "tb-alerts-dlq");
+        assert_eq!(m.sqs_queue_name("default"), "tb-default");
+
+        let (err, line) =
+            celery_error("[queues.alerts]\nmax_receive_count = 3\ncelery_queue = \"alerts high\"\n", "celery_queue");
+        assert!(err.contains(&format!("line {line}: [queues.alerts] celery_queue")) && err.contains("' '"), "{err}");
+        assert!(err.contains("hint: kombu keeps"), "{err}");
+        let long = "q".repeat(75);
+        let (err, line) = celery_error(
+            &format!("[queues.alerts]\ncelery_queue = \"{long}\"\ncelery_queue_name_prefix = \"prod-x-\"\n"),
+            "celery_queue_name_prefix",
+        );
+        assert!(err.contains(&format!("line {line}:")) && err.contains("82 characters"), "{err}");
+        let (err, line) = celery_error("[queues.alerts]\ncelery_queue = \"jobs.fifo\"\n", "celery_queue");
+        assert!(err.contains(&format!("line {line}:")) && err.contains("not FIFO"), "{err}");
+        let (err, _) = celery_error("[queues.alerts]\ncelery_queue = \"tb-default\"\n", "celery_queue");
+        assert!(err.contains("would both be the SQS queue `tb-default`"), "{err}");
+    }
+
+    #[test]
+    fn celery_result_settings_are_checked() {
+        let m = Manifest::parse(&format!("{MINIMAL}\n[celery]\nresults = true\n"), "test").unwrap();
+        let config = m.celery_results().unwrap();
+        assert_eq!(config.table, "tb-celery-results");
+        assert_eq!(config.key.as_str(), crate::celery::results::DEFAULT_KEY_FORM);
+        assert_eq!((config.expires, config.extended), (None, false));
+        assert!(Manifest::parse(MINIMAL, "test").unwrap().celery_results().is_none());
+
+        let (err, line) = celery_error("[celery]\nresults = true\nresult_key = \"celery-task-meta-\"\n", "result_key");
+        assert!(err.contains(&format!("line {line}: [celery] Celery result key form")), "{err}");
+        let (err, line) = celery_error("[celery]\nresults = true\nresults_table = \"a b\"\n", "results_table");
+        assert!(err.contains(&format!("line {line}:")) && err.contains("not a DynamoDB table name"), "{err}");
+        let (err, line) = celery_error("[celery]\nresults = true\nresult_expires = 0\n", "result_expires");
+        assert!(err.contains(&format!("line {line}:")) && err.contains("ttl_seconds"), "{err}");
+        let (err, _) = celery_error("[celery]\nresult = true\n", "[celery]");
+        assert!(err.contains("unknown field `result`") && err.contains("line"), "{err}");
     }
 
     #[test]

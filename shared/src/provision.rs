@@ -1,5 +1,6 @@
-//! Creating the AWS resources of a manifest where they are missing: the task table and each
-//! queue with its DLQ and redrive policy. For the emulator and first trials; a deployment uses
+//! Creating the AWS resources of a manifest where they are missing: the task table (and the
+//! Celery result table when the manifest writes Celery results) and each queue with its DLQ and
+//! redrive policy. For the emulator and first trials; a deployment uses
 //! the infrastructure template, built from the same definitions.
 
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -14,6 +15,14 @@ pub enum ProvisionError {
     /// The table.
     #[error("cannot create the task table: {0}")]
     Table(#[from] StoreError),
+    /// The Celery result table.
+    #[error("cannot create the Celery result table {table}: {message}")]
+    CeleryTable {
+        /// Table name.
+        table: String,
+        /// The service's message.
+        message: String,
+    },
     /// A queue.
     #[error("cannot create queue {queue}: {message}")]
     Queue {
@@ -31,6 +40,13 @@ pub async fn create_missing(
     sqs: &aws_sdk_sqs::Client,
 ) -> Result<(), ProvisionError> {
     DynamoStore::new(dynamodb.clone(), manifest.table_name()).create_table().await?;
+    if let Some(config) = manifest.celery_results() {
+        let table = config.table.clone();
+        crate::celery::results::CeleryResultWriter::new(dynamodb.clone(), config)
+            .create_table()
+            .await
+            .map_err(|e| ProvisionError::CeleryTable { table, message: e.to_string() })?;
+    }
     for queue in manifest.queue_names() {
         let settings = manifest.queue_settings(queue);
         let module = manifest.module_for_queue(queue).map(|(_, m)| m.clone());

@@ -379,6 +379,20 @@ async fn dynamodb_store_conforms() {
     store_suite(Backend::aws(&m, &sdk).store).await;
 }
 
+/// The DynamoDB store that also writes Celery's result items (`[celery] results = true`) keeps
+/// every rule of the store it wraps.
+#[tokio::test]
+async fn dynamodb_store_with_celery_results_conforms() {
+    let sdk = emulator::sdk_config().await;
+    let project = emulator::unique_project("conf");
+    let text = format!("{}\n[celery]\nresults = true\n", emulator::user_manifest(&project));
+    let m = Manifest::parse(&text, "conformance").unwrap();
+    taskbeat::provision::create_missing(&m, &aws_sdk_dynamodb::Client::new(&sdk), &aws_sdk_sqs::Client::new(&sdk))
+        .await
+        .unwrap();
+    store_suite(Backend::aws(&m, &sdk).store).await;
+}
+
 #[tokio::test]
 async fn embedded_queue_conforms() {
     let db = Db::open(Path::new(":memory:")).unwrap();

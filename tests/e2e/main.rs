@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod aws_path;
+mod celery;
 mod conformance;
 mod faults;
 mod local_runtime;

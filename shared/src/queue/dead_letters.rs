@@ -14,7 +14,6 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{MoveMethod, QueueError, REASON_ATTRIBUTE, ReceivedMessage, SOURCE_QUEUE_ATTRIBUTE, TaskQueue};
-use crate::envelope::Envelope;
 use crate::record::iso_millis;
 use crate::state::TaskState;
 use crate::store::{StateStore, StoreError};
@@ -52,7 +51,8 @@ pub struct DeadLetter {
 
 impl From<ReceivedMessage> for DeadLetter {
     fn from(message: ReceivedMessage) -> Self {
-        let salvaged = Envelope::salvage_id(&message.body);
+        // taskbeat's envelope or a Celery message's headers.
+        let salvaged = crate::celery::salvage_id(&message.body);
         DeadLetter {
             task_id: salvaged.as_ref().map(|(id, _)| *id),
             task: salvaged.and_then(|(_, task)| task),
