@@ -85,6 +85,7 @@ enum Command {
     /// Show a task's record and its history (every state change with its time).
     Status {
         /// Task id.
+        #[arg(value_parser = parse_task_id)]
         id: Uuid,
     },
     /// Follow a task until it finishes; exit code 0 on SUCCESS, 1 otherwise.
@@ -96,6 +97,7 @@ enum Command {
     /// Revoke a task: a pending one never starts, a running one is told (ctx.is_revoked()).
     Revoke {
         /// Task id.
+        #[arg(value_parser = parse_task_id)]
         id: Uuid,
     },
     /// List tasks, newest first: state, progress, age, duration.
@@ -165,6 +167,7 @@ struct SendArgs {
 #[derive(Debug, Args)]
 struct WatchArgs {
     /// Task id.
+    #[arg(value_parser = parse_task_id)]
     id: Uuid,
     /// Give up after this many seconds (exit code 3).
     #[arg(long)]
@@ -455,6 +458,13 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
         return watch(&setup, id, None, output).await;
     }
     Ok(0)
+}
+
+/// A task id: taskbeat's ids are UUIDs.
+pub(crate) fn parse_task_id(text: &str) -> Result<Uuid, String> {
+    text.trim().parse().map_err(|_| {
+        format!("`{text}` is not a task id: ids are UUIDs, as `taskbeat send` and `taskbeat list` print them")
+    })
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -95,6 +95,7 @@ enum DlqAction {
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     /// The id of a FAILURE or REVOKED task.
+    #[arg(value_parser = crate::parse_task_id)]
     id: Uuid,
     /// Then watch the new task until it finishes.
     #[arg(long)]

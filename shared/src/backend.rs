@@ -87,8 +87,8 @@ impl Backend {
             store: with_celery_results(manifest, store, &dynamodb),
             queues,
             location: format!(
-                "DynamoDB table {table} and SQS queues {}-* in {region}{endpoint}",
-                manifest.project.name
+                "DynamoDB table {table} and SQS queues {} (and their DLQs) in {region}{endpoint}",
+                manifest.queue_names().into_iter().map(|q| manifest.sqs_queue_name(q)).collect::<Vec<_>>().join(", ")
             ),
         }
     }

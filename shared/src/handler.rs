@@ -212,9 +212,11 @@ impl BatchHandler {
         let incoming = match crate::celery::decode(body) {
             Ok(incoming) => incoming,
             Err(e) => {
-                let salvaged = crate::celery::salvage_id(body);
+                let first_write = crate::celery::salvage_id(body).map(|(id, task)| {
+                    Completion::new(id, task.as_deref().unwrap_or("(unknown)"), &self.queue, TaskState::Failure)
+                });
                 let reason = DeadLetterReason { full: format!("malformed message: {e}"), loggable: e.summary() };
-                let outcome = self.dead_letter(record, reason, "MalformedMessage", salvaged).await;
+                let outcome = self.dead_letter(record, reason, "MalformedMessage", first_write).await;
                 return tallied(outcome, tally, Outcome::DeadLettered);
             }
         };
@@ -232,14 +234,18 @@ impl BatchHandler {
                 known.join(", ")
             );
             let reason = DeadLetterReason { loggable: full.clone(), full };
-            let task = Some((envelope.id, Some(envelope.task.clone())));
-            return tallied(self.dead_letter(record, reason, "UnknownTask", task).await, tally, Outcome::DeadLettered);
+            let first_write = Completion::of_envelope(&envelope, &self.queue, TaskState::Failure);
+            return tallied(
+                self.dead_letter(record, reason, "UnknownTask", Some(first_write)).await,
+                tally,
+                Outcome::DeadLettered,
+            );
         };
         // A name the module registered: safe as a metric dimension (bounded).
         tally.task = Some(envelope.task.clone());
 
         if let Some(expires) = envelope.expires.filter(|e| *e <= Utc::now()) {
-            let mut completion = Completion::new(envelope.id, &envelope.task, &self.queue, TaskState::Revoked);
+            let mut completion = Completion::of_envelope(&envelope, &self.queue, TaskState::Revoked);
             completion.error =
                 Some(ErrorInfo::new("Expired", format!("expired at {} before it ran", crate::record::iso(expires))));
             tracing::info!(transition = "REVOKED", reason = "expired", "task not run");
@@ -436,13 +442,13 @@ impl BatchHandler {
         record: &SqsMessage,
         reason: DeadLetterReason,
         kind: &str,
-        task: Option<(uuid::Uuid, Option<String>)>,
+        first_write: Option<Completion>,
     ) -> RecordOutcome {
         // The transition is the task record's, written below when the body carried a task id.
         tracing::warn!(
             reason = %reason.loggable,
             error = kind,
-            transition = task.as_ref().map(|_| TaskState::Failure.as_str()),
+            transition = first_write.as_ref().map(|_| TaskState::Failure.as_str()),
             "dead-lettering record"
         );
         let mut attributes: BTreeMap<String, String> = dead_letter_attributes(&reason.full, &self.queue);
@@ -463,9 +469,7 @@ impl BatchHandler {
             // Not lost: handed back, the queue's redrive policy moves it after its max receives.
             return RecordOutcome::HandBack(format!("dead-letter queue unavailable ({e}); {}", reason.loggable));
         }
-        if let Some((id, task)) = task {
-            let task = task.unwrap_or_else(|| "(unknown)".to_owned());
-            let mut completion = Completion::new(id, &task, &self.queue, TaskState::Failure);
+        if let Some(mut completion) = first_write {
             completion.error = Some(ErrorInfo::new(kind, reason.full));
             if let Err(e) = self.store.complete(&completion).await {
                 tracing::warn!(error = %e, "dead letter's failure not recorded");

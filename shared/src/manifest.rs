@@ -435,6 +435,11 @@ impl Manifest {
                 .unwrap_or_default(),
             expires: celery.result_expires.map(Duration::from_secs),
             extended: celery.result_extended,
+            celery_queues: self
+                .queues
+                .iter()
+                .filter_map(|(name, settings)| Some((name.clone(), settings.celery_queue.clone()?)))
+                .collect(),
         })
     }
 

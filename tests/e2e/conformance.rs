@@ -105,11 +105,19 @@ async fn store_suite(store: Arc<dyn StateStore>) {
 
     // complete without a record (a dead-lettered envelope): the record is made whole.
     let orphan = Uuid::new_v4();
+    let parent = Uuid::new_v4();
     let mut failure = Completion::new(orphan, "conf.orphan", "default", TaskState::Failure);
     failure.error = Some(ErrorInfo::new("UnknownTask", "no such task"));
+    failure.args = vec![json!(["u1"]), json!("recompute")];
+    failure.kwargs.insert("dry_run".into(), json!(true));
+    failure.parent_id = Some(parent);
     store.complete(&failure).await.unwrap();
     let record = store.get(orphan).await.unwrap().unwrap();
     assert_eq!((record.task.as_str(), record.state), ("conf.orphan", TaskState::Failure));
+    assert_eq!(
+        (&record.args, record.kwargs.get("dry_run"), record.parent_id),
+        (&failure.args, Some(&json!(true)), Some(parent))
+    );
     assert_eq!(states(&record), [TaskState::Failure]);
 
     // reopen: only the FAILURE of a dead-lettering becomes PENDING again.

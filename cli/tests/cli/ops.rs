@@ -268,6 +268,9 @@ fn operator_commands(aws: bool) {
     let table = rig.ok(&["dlq", "list"]);
     assert!(table.contains("REASON") && table.contains(&first) && table.contains("unknown task"), "{table}");
     assert!(rig.fails(&["dlq", "list", "--queue", "nope"]).contains("no queue `nope`"));
+    let bad_id = rig.run(&["status", "report-42"]);
+    assert_eq!(bad_id.status.code(), Some(2), "a bad argument");
+    assert!(text(&bad_id.stderr).contains("`report-42` is not a task id"), "{}", text(&bad_id.stderr));
 
     // dlq show: one in full, body and attributes as they were.
     let first_letter = letter_of(&first);

@@ -136,6 +136,9 @@ pub struct ResultBackendConfig {
     pub expires: Option<Duration>,
     /// Celery's `result_extended`: add name, args, kwargs, worker, retries and queue.
     pub extended: bool,
+    /// The Celery queue name of each taskbeat queue that declares one (`celery_queue`): the
+    /// `queue` of an extended result, as Celery would record it.
+    pub celery_queues: std::collections::BTreeMap<String, String>,
 }
 
 /// The meta Celery stores for a state (`_get_result_meta` plus `task_id`). `date_done` is set
@@ -204,14 +207,18 @@ pub fn progress_result(update: &ProgressUpdate) -> Value {
 }
 
 /// The extended fields (`result_extended`) from the task record.
-pub fn extended_fields(record: &TaskRecord) -> Map<String, Value> {
+pub fn extended_fields(
+    record: &TaskRecord,
+    celery_queues: &std::collections::BTreeMap<String, String>,
+) -> Map<String, Value> {
     let mut fields = Map::new();
     fields.insert("name".into(), record.task.clone().into());
     fields.insert("args".into(), Value::Array(record.args.clone()));
     fields.insert("kwargs".into(), Value::Object(record.kwargs.clone()));
     fields.insert("worker".into(), worker_name(&record.queue).into());
     fields.insert("retries".into(), record.retries.into());
-    fields.insert("queue".into(), record.queue.clone().into());
+    let queue = celery_queues.get(&record.queue).unwrap_or(&record.queue);
+    fields.insert("queue".into(), queue.clone().into());
     if let Some(parent) = record.parent_id {
         fields.insert("parent_id".into(), parent.to_string().into());
     }
@@ -351,7 +358,7 @@ impl CeleryResultStore {
         let mut meta = meta(id, state, result, Utc::now());
         if self.writer.config.extended {
             match self.inner.get(id).await {
-                Ok(Some(record)) => meta.extend(extended_fields(&record)),
+                Ok(Some(record)) => meta.extend(extended_fields(&record, &self.writer.config.celery_queues)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(task_id = %id, error = %e, "task record not read for Celery's extended result")
@@ -505,10 +512,12 @@ mod tests {
         };
         let record = crate::store::apply_claim(None, &request, Utc::now()).unwrap();
         assert_eq!(
-            Value::Object(extended_fields(&record)),
+            Value::Object(extended_fields(&record, &Default::default())),
             json!({"name": "t.x", "args": [["u1"], "recompute"], "kwargs": {"dry": true}, "worker": "taskbeat@default",
                    "retries": 2, "queue": "default", "parent_id": Uuid::nil().to_string()})
         );
+        let named = std::collections::BTreeMap::from([("default".to_owned(), "user.tasks".to_owned())]);
+        assert_eq!(extended_fields(&record, &named)["queue"], "user.tasks", "the queue Celery routed it to");
     }
 
     #[test]

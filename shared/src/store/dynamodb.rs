@@ -314,6 +314,25 @@ fn n_attr(number: impl ToString) -> AttributeValue {
     AttributeValue::N(number.to_string())
 }
 
+/// The invocation's attributes, for the write that makes the item (later writes keep them).
+fn set_invocation_if_missing(
+    expr: &mut Expr,
+    args: &[serde_json::Value],
+    kwargs: &serde_json::Map<String, serde_json::Value>,
+    parent_id: Option<Uuid>,
+    root_id: Option<Uuid>,
+) -> Result<(), StoreError> {
+    expr.set_if_missing("args", to_attr(&args)?);
+    expr.set_if_missing("kwargs", to_attr(kwargs)?);
+    if let Some(parent) = parent_id {
+        expr.set_if_missing("parent_id", s_attr(&parent.to_string()));
+    }
+    if let Some(root) = root_id {
+        expr.set_if_missing("root_id", s_attr(&root.to_string()));
+    }
+    Ok(())
+}
+
 fn to_attr<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
     serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::Backend(format!("cannot encode attribute: {e}")))
 }
@@ -412,18 +431,11 @@ impl StateStore for DynamoStore {
         expr.append_history(TaskState::Started, now)?;
         expr.set_if_missing("task", s_attr(&request.task));
         expr.set_if_missing("queue", s_attr(&request.queue));
-        expr.set_if_missing("args", to_attr(&request.args)?);
-        expr.set_if_missing("kwargs", to_attr(&request.kwargs)?);
+        set_invocation_if_missing(&mut expr, &request.args, &request.kwargs, request.parent_id, request.root_id)?;
         expr.set_if_missing("retries", n_attr(request.retries));
         expr.set_if_missing("progress", n_attr(0));
         expr.set_if_missing("created_at", s_attr(&iso(now)));
         expr.set_if_missing(TTL_ATTRIBUTE, n_attr(ttl_from(now)));
-        if let Some(parent) = request.parent_id {
-            expr.set_if_missing("parent_id", s_attr(&parent.to_string()));
-        }
-        if let Some(root) = request.root_id {
-            expr.set_if_missing("root_id", s_attr(&root.to_string()));
-        }
         let id = expr.name(HASH_KEY);
         let lease = expr.name("lease_until");
         let now_ms = expr.value(n_attr(now.timestamp_millis()));
@@ -525,8 +537,13 @@ impl StateStore for DynamoStore {
         expr.set_if_missing("queue", s_attr(&completion.queue));
         expr.set_if_missing("created_at", s_attr(&iso(now)));
         expr.set_if_missing(TTL_ATTRIBUTE, n_attr(ttl_from(now)));
-        expr.set_if_missing("args", AttributeValue::L(Vec::new()));
-        expr.set_if_missing("kwargs", AttributeValue::M(HashMap::new()));
+        set_invocation_if_missing(
+            &mut expr,
+            &completion.args,
+            &completion.kwargs,
+            completion.parent_id,
+            completion.root_id,
+        )?;
         if last.progress.is_none() {
             expr.set_if_missing("progress", n_attr(0));
         }

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::envelope::Envelope;
 use crate::record::{ErrorInfo, StateChange, TaskRecord, iso, trim_history};
 use crate::state::TaskState;
 
@@ -128,6 +129,15 @@ pub struct Completion {
     pub retries: Option<u32>,
     /// A last progress report not yet written (coalesced), merged into this write.
     pub last_progress: Option<ProgressUpdate>,
+    /// The invocation, for a record that does not exist yet (a task expired or dead-lettered
+    /// before anything recorded it): kept so that `retry` can send it again.
+    pub args: Vec<Value>,
+    /// Keyword arguments, likewise.
+    pub kwargs: Map<String, Value>,
+    /// The parent task, likewise.
+    pub parent_id: Option<Uuid>,
+    /// The root task, likewise.
+    pub root_id: Option<Uuid>,
 }
 
 impl Completion {
@@ -142,6 +152,21 @@ impl Completion {
             error: None,
             retries: None,
             last_progress: None,
+            args: Vec::new(),
+            kwargs: Map::new(),
+            parent_id: None,
+            root_id: None,
+        }
+    }
+
+    /// A completion of the task an envelope carries, with its invocation for a first write.
+    pub fn of_envelope(envelope: &Envelope, queue: &str, state: TaskState) -> Self {
+        Completion {
+            args: envelope.args.clone(),
+            kwargs: envelope.kwargs.clone(),
+            parent_id: envelope.parent_id,
+            root_id: envelope.root_id,
+            ..Completion::new(envelope.id, &envelope.task, queue, state)
         }
     }
 }
@@ -374,13 +399,13 @@ pub fn apply_completion(
             progress: 0,
             status: None,
             meta: None,
-            args: Vec::new(),
-            kwargs: Map::new(),
+            args: completion.args.clone(),
+            kwargs: completion.kwargs.clone(),
             result: None,
             error: None,
             retries: 0,
-            parent_id: None,
-            root_id: None,
+            parent_id: completion.parent_id,
+            root_id: completion.root_id,
             created_at: now,
             started_at: None,
             finished_at: None,

@@ -170,7 +170,7 @@ async fn success_records_result_and_progress() {
 async fn bad_records_are_dead_lettered_without_failing_neighbours() {
     let rig = rig(HandlerOptions::default());
     let ok = envelope("t.ok", vec![json!(1)]);
-    let unknown = envelope("app.schedules.nope", vec![]);
+    let unknown = envelope("app.schedules.nope", vec![json!("kept")]);
     let broken_with_id = format!(r#"{{"version":1,"id":"{}","task":"t.ok","args":"oops"}}"#, uuid::Uuid::new_v4());
     let batch = [
         ("good", ok.to_body()),
@@ -185,6 +185,7 @@ async fn bad_records_are_dead_lettered_without_failing_neighbours() {
     assert_eq!(failed.state, TaskState::Failure);
     assert_eq!(failed.error.as_ref().unwrap().kind, "UnknownTask");
     assert!(failed.error.unwrap().message.contains("app.schedules.nope"));
+    assert_eq!(failed.args, [json!("kept")], "kept for a retry once the module is deployed");
 
     let dead = rig.dlq.receive(10, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
     assert_eq!(dead.len(), 4);
@@ -306,11 +307,19 @@ async fn duplicates_never_run_twice() {
 #[tokio::test]
 async fn expired_tasks_are_revoked_not_run() {
     let rig = rig(HandlerOptions::default());
+    let parent = uuid::Uuid::new_v4();
     let mut late = envelope("t.ok", vec![json!(1)]);
     late.expires = Some(Utc::now() - chrono::Duration::seconds(1));
+    late.kwargs.insert("k".into(), json!("v"));
+    late.parent_id = Some(parent);
     assert!(run(&rig, &[("late", late.to_body())], None).await.is_empty());
     let r = record(&rig, late.id).await;
     assert_eq!(r.state, TaskState::Revoked);
+    // The first write of a task no producer recorded keeps its invocation, so `retry` can send it.
+    assert_eq!(
+        (r.args.clone(), r.kwargs.get("k").cloned(), r.parent_id),
+        (vec![json!(1)], Some(json!("v")), Some(parent))
+    );
     assert_eq!(r.error.unwrap().kind, "Expired");
     assert!(r.started_at.is_none());
 }
