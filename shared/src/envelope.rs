@@ -174,7 +174,8 @@ impl Envelope {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value this is, for messages (`a string`, `an object`, ...).
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -31,27 +31,13 @@ fn celery_python() -> String {
     })
 }
 
+/// The user module's manifest, its queue serving Celery's `default` under `prefix`, and Celery
+/// results on.
 fn manifest_text(project: &str, prefix: &str) -> String {
     format!(
-        r#"
-[project]
-name = "{project}"
-
-[modules.user]
-crate = "taskbeat-user"
-queue = "default"
-timeout = 30
-
-[queues.default]
-max_receive_count = 3
-celery_queue = "default"
-celery_queue_name_prefix = "{prefix}"
-
-[celery]
-results = true
-results_table = "{project}-celery"
-result_expires = 3600
-"#
+        "{}celery_queue = \"default\"\ncelery_queue_name_prefix = \"{prefix}\"\n\n\
+         [celery]\nresults = true\nresults_table = \"{project}-celery\"\nresult_expires = 3600\n",
+        emulator::user_manifest(project)
     )
 }
 

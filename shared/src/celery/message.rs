@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::envelope::{ENVELOPE_VERSION, Envelope};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, json_kind};
 
 /// The content type of Celery's JSON serializer (`task_serializer = 'json'`).
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -135,7 +135,9 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
         None | Some(Value::Null) => {
             return Err(CeleryError::Envelope("`content-type` is missing".into()));
         }
-        Some(other) => return Err(CeleryError::Envelope(format!("`content-type` is {}, not a string", kind(other)))),
+        Some(other) => {
+            return Err(CeleryError::Envelope(format!("`content-type` is {}, not a string", json_kind(other))));
+        }
     };
     let base_type = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if base_type != JSON_CONTENT_TYPE {
@@ -146,18 +148,20 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
         Some(Value::String(e)) if matches!(e.to_ascii_lowercase().as_str(), "utf-8" | "utf8") => {}
         Some(Value::String(e)) => return Err(CeleryError::ContentEncoding(e.clone())),
         Some(other) => {
-            return Err(CeleryError::Envelope(format!("`content-encoding` is {}, not a string", kind(other))));
+            return Err(CeleryError::Envelope(format!("`content-encoding` is {}, not a string", json_kind(other))));
         }
     }
     let headers = match object.get("headers") {
         Some(Value::Object(h)) => h,
         None | Some(Value::Null) => &Map::new(),
-        Some(other) => return Err(CeleryError::Envelope(format!("`headers` is {}, not an object", kind(other)))),
+        Some(other) => return Err(CeleryError::Envelope(format!("`headers` is {}, not an object", json_kind(other)))),
     };
     let properties = match object.get("properties") {
         Some(Value::Object(p)) => p,
         None | Some(Value::Null) => &Map::new(),
-        Some(other) => return Err(CeleryError::Envelope(format!("`properties` is {}, not an object", kind(other)))),
+        Some(other) => {
+            return Err(CeleryError::Envelope(format!("`properties` is {}, not an object", json_kind(other))));
+        }
     };
     if let Some(Value::String(compression)) = headers.get("compression") {
         return Err(CeleryError::Compressed(compression.clone()));
@@ -174,7 +178,7 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
         }
         None | Some(Value::Null) => body.clone(),
         Some(Value::String(e)) => return Err(CeleryError::BodyEncoding(e.clone())),
-        Some(other) => return Err(CeleryError::BodyEncoding(kind(other).to_owned())),
+        Some(other) => return Err(CeleryError::BodyEncoding(json_kind(other).to_owned())),
     };
     let payload: Value = serde_json::from_str(&inner)
         .map_err(|e| CeleryError::Body(format!("not JSON ({e}): expected [args, kwargs, embed]")))?;
@@ -192,7 +196,7 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
     let task = match headers.get("task") {
         Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
         Some(Value::String(_)) => return Err(header("task", "is empty")),
-        Some(other) => return Err(header("task", format!("is {}, not a string", kind(other)))),
+        Some(other) => return Err(header("task", format!("is {}, not a string", json_kind(other)))),
         None => return Err(header("task", "missing")),
     };
     let id = match headers.get("id") {
@@ -204,7 +208,7 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
             )
         })?,
         None | Some(Value::Null) => return Err(header("id", "missing: every Celery task message has an `id` header")),
-        Some(other) => return Err(header("id", format!("is {}, not a string", kind(other)))),
+        Some(other) => return Err(header("id", format!("is {}, not a string", json_kind(other)))),
     };
     let retries = match headers.get("retries") {
         None | Some(Value::Null) => 0,
@@ -212,7 +216,7 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| header("retries", "is not a whole number >= 0"))?,
-        Some(other) => return Err(header("retries", format!("is {}, not a number", kind(other)))),
+        Some(other) => return Err(header("retries", format!("is {}, not a number", json_kind(other)))),
     };
     let eta = time_header(headers, "eta")?;
     let expires = time_header(headers, "expires")?;
@@ -226,12 +230,12 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
     let group = match headers.get("group") {
         None | Some(Value::Null) => None,
         Some(Value::String(g)) => Some(g.clone()),
-        Some(other) => return Err(header("group", format!("is {}, not a string", kind(other)))),
+        Some(other) => return Err(header("group", format!("is {}, not a string", json_kind(other)))),
     };
     let origin = headers.get("origin").and_then(Value::as_str).map(str::to_owned);
 
     let Value::Array(parts) = payload else {
-        return Err(CeleryError::Body(format!("is {}, expected [args, kwargs, embed]", kind(&payload))));
+        return Err(CeleryError::Body(format!("is {}, expected [args, kwargs, embed]", json_kind(&payload))));
     };
     if parts.len() != 3 {
         return Err(CeleryError::Body(format!("has {} items, expected 3: [args, kwargs, embed]", parts.len())));
@@ -239,12 +243,12 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
     let mut parts = parts.into_iter();
     let args = match parts.next() {
         Some(Value::Array(args)) => args,
-        Some(other) => return Err(CeleryError::Body(format!("args is {}, not an array", kind(&other)))),
+        Some(other) => return Err(CeleryError::Body(format!("args is {}, not an array", json_kind(&other)))),
         None => Vec::new(),
     };
     let kwargs = match parts.next() {
         Some(Value::Object(kwargs)) => kwargs,
-        Some(other) => return Err(CeleryError::Body(format!("kwargs is {}, not an object", kind(&other)))),
+        Some(other) => return Err(CeleryError::Body(format!("kwargs is {}, not an object", json_kind(&other)))),
         None => Map::new(),
     };
     match parts.next() {
@@ -260,7 +264,7 @@ pub fn from_kombu(object: &Map<String, Value>) -> Result<CeleryMessage, CeleryEr
             }
         }
         Some(Value::Null) | None => {}
-        Some(other) => return Err(CeleryError::Body(format!("embed is {}, not an object", kind(&other)))),
+        Some(other) => return Err(CeleryError::Body(format!("embed is {}, not an object", json_kind(&other)))),
     }
 
     Ok(CeleryMessage {
@@ -309,7 +313,7 @@ fn time_header(headers: &Map<String, Value>, field: &'static str) -> Result<Opti
                 .map(|naive| Some(naive.and_utc()))
                 .map_err(|_| header(field, "is not an ISO-8601 time (as Celery writes it: 2026-12-03T10:00:00+00:00)"))
         }
-        Some(other) => Err(header(field, format!("is {}, not an ISO-8601 time string", kind(other)))),
+        Some(other) => Err(header(field, format!("is {}, not an ISO-8601 time string", json_kind(other)))),
     }
 }
 
@@ -319,7 +323,7 @@ fn uuid_header(headers: &Map<String, Value>, field: &'static str) -> Result<Opti
         Some(Value::String(text)) => Uuid::parse_str(text).map(Some).map_err(|_| {
             header(field, "is not a UUID: taskbeat keys task records by UUID; let Celery generate task ids")
         }),
-        Some(other) => Err(header(field, format!("is {}, not a string", kind(other)))),
+        Some(other) => Err(header(field, format!("is {}, not a string", json_kind(other)))),
     }
 }
 
@@ -332,16 +336,5 @@ fn limit(value: &Value) -> Result<Option<Duration>, CeleryError> {
             .map(|s| Some(Duration::from_secs_f64(s)))
             .ok_or_else(|| header("timelimit", "holds a limit that is not a positive number of seconds")),
         _ => Err(header("timelimit", "is not [time_limit, soft_time_limit] (seconds or null each)")),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }

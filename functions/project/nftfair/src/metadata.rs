@@ -6,6 +6,7 @@
 //! optional `display_type` and `max_value` are allowed). Other fields are left alone.
 
 use serde_json::Value;
+use taskbeat::envelope::json_kind;
 
 /// A token's checked metadata, as far as the tasks use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +20,14 @@ pub struct TokenMetadata {
 /// Checks a document; the error names the field that is wrong.
 pub fn validate(document: &Value) -> Result<TokenMetadata, String> {
     let Value::Object(fields) = document else {
-        return Err(format!("metadata is {}, not a JSON object", kind(document)));
+        return Err(format!("metadata is {}, not a JSON object", json_kind(document)));
     };
     let text = |name: &str, allow_empty: bool| -> Result<String, String> {
         match fields.get(name) {
             None | Some(Value::Null) => Err(format!("`{name}` is missing")),
             Some(Value::String(s)) if s.trim().is_empty() && !allow_empty => Err(format!("`{name}` is empty")),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!("`{name}` must be a string, found {}", kind(other))),
+            Some(other) => Err(format!("`{name}` must be a string, found {}", json_kind(other))),
         }
     };
     let name = text("name", false)?;
@@ -37,41 +38,38 @@ pub fn validate(document: &Value) -> Result<TokenMetadata, String> {
         Some(Value::Array(items)) => {
             items.iter().enumerate().map(|(i, item)| attribute(i, item)).collect::<Result<_, _>>()?
         }
-        Some(other) => return Err(format!("`attributes` must be an array, found {}", kind(other))),
+        Some(other) => return Err(format!("`attributes` must be an array, found {}", json_kind(other))),
     };
     Ok(TokenMetadata { name, traits })
 }
 
 fn attribute(i: usize, item: &Value) -> Result<(String, String), String> {
     let Value::Object(fields) = item else {
-        return Err(format!("`attributes[{i}]` must be an object with trait_type and value, found {}", kind(item)));
+        return Err(format!(
+            "`attributes[{i}]` must be an object with trait_type and value, found {}",
+            json_kind(item)
+        ));
     };
     let trait_type = match fields.get("trait_type") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::String(_)) => return Err(format!("`attributes[{i}].trait_type` is empty")),
         None | Some(Value::Null) => return Err(format!("`attributes[{i}].trait_type` is missing")),
-        Some(other) => return Err(format!("`attributes[{i}].trait_type` must be a string, found {}", kind(other))),
+        Some(other) => {
+            return Err(format!("`attributes[{i}].trait_type` must be a string, found {}", json_kind(other)));
+        }
     };
     let value = match fields.get("value") {
         Some(Value::String(s)) => s.clone(),
         Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
         None | Some(Value::Null) => return Err(format!("`attributes[{i}].value` is missing")),
         Some(other) => {
-            return Err(format!("`attributes[{i}].value` must be a string, number or boolean, found {}", kind(other)));
+            return Err(format!(
+                "`attributes[{i}].value` must be a string, number or boolean, found {}",
+                json_kind(other)
+            ));
         }
     };
     Ok((trait_type, value))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
