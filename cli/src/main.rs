@@ -114,7 +114,7 @@ enum Command {
     Inspect(ops::InspectArgs),
     /// Serve the web dashboard (tasks, queues and dead letters, schedules, charts) until Ctrl-C.
     Dashboard(dashboard::DashboardArgs),
-    /// Print a shell completion script: `taskbeat completions bash > /etc/bash_completion.d/taskbeat`.
+    /// Print a shell completion script: `taskbeat completions bash > ~/.local/share/bash-completion/completions/taskbeat`.
     Completions(ops::CompletionsArgs),
 }
 
@@ -284,6 +284,18 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
         taskbeat::provision::create_missing(&setup.manifest, &aws_sdk_dynamodb_client(&sdk), &aws_sdk_sqs_client(&sdk))
             .await?;
     }
+    if aws && !args.create_resources {
+        // Fail once, clearly, rather than have every poller log the same error each second.
+        for (queue, pair) in &setup.backend.queues {
+            pair.queue.depth().await.with_context(|| {
+                format!(
+                    "queue `{queue}` ({}) cannot be read: deploy the infrastructure, or on an emulator run \
+                     `taskbeat --aws local --create-resources`",
+                    pair.queue.name()
+                )
+            })?;
+        }
+    }
     // One runtime per data folder: a second one would run every schedule twice.
     let _lock = if aws { None } else { Some(lock_data_folder(&setup.backend.location)?) };
     check_schedules(&setup.manifest)?;
@@ -325,8 +337,25 @@ async fn local(setup: Setup, args: LocalArgs, aws: bool) -> Result<i32> {
     eprintln!("  data:     {}", setup.backend.location);
     eprintln!("  manifest: {}", setup.manifest_origin);
     eprintln!(
-        "  try:      taskbeat send app.schedules.user_task.process_users --args '[[\"u1\",\"u2\",\"u3\"],\"recompute\"]' --wait"
+        "  try:      taskbeat {}send app.schedules.user_task.process_users --args '[[\"u1\",\"u2\",\"u3\"],\"recompute\"]' --wait",
+        if aws { "--aws " } else { "" }
     );
+    // Settings a module must have: its tasks fail (MissingSetting) until they are set.
+    for (name, module) in &setup.manifest.modules {
+        let missing: Vec<&str> = module
+            .settings
+            .iter()
+            .chain(&module.secrets)
+            .map(String::as_str)
+            .filter(|var| std::env::var_os(var).is_none_or(|v| v.is_empty()))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "  warning:  module {name} needs {} (unset): its tasks fail until set (README, Quick start: the stand-ins)",
+                missing.join(", ")
+            );
+        }
+    }
     let beat = schedules::local_beat(&setup, args.no_schedules, aws)?;
     let setup = Arc::new(setup);
     let dashboard = dashboard::for_local(setup.clone(), args.dashboard, aws).await?;
@@ -397,6 +426,21 @@ fn check_schedules(manifest: &Manifest) -> Result<()> {
         })?;
         taskbeat::registry::bind_args(&schedule.task, spec.params(), schedule.args.clone(), schedule.kwargs.clone())
             .map_err(|e| anyhow!("schedule `{name}`: {}", e.info().message))?;
+        // The module on the schedule's queue must be the one with the task.
+        let queue = schedule.queue.as_deref().unwrap_or_else(|| manifest.route(&schedule.task));
+        let on_queue = manifest.module_for_queue(queue);
+        let consumer_has_it = on_queue
+            .and_then(|(_, module)| modules::registry_for(&module.crate_name))
+            .is_some_and(|registry| registry.get(&schedule.task).is_some());
+        if !consumer_has_it {
+            bail!(
+                "schedule `{name}` sends `{}` to queue `{queue}`, whose module{} does not register it \
+                 (its messages would be dead-lettered); route the task to its module's queue \
+                 (a [[routes]] entry, or `queue = ...` in the schedule)",
+                schedule.task,
+                on_queue.map(|(m, _)| format!(" `{m}`")).unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }
@@ -439,6 +483,13 @@ async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
             "unknown task `{}`; registered tasks:\n  {}\n(--unchecked sends it anyway)",
             args.task,
             known.join("\n  ")
+        );
+    }
+    if setup.manifest_origin.starts_with("(built-in") && !setup.backend.location.starts_with("DynamoDB") {
+        eprintln!(
+            "note: no taskbeat.toml here or above: sending to the built-in manifest's store {}; \
+             a `taskbeat local` elsewhere does not read it (run this in its folder, or pass --manifest/--data-dir)",
+            setup.backend.location
         );
     }
     let client = Client::new(setup.manifest.clone(), setup.backend.clone(), format!("taskbeat-cli@{}", hostname()));

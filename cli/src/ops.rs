@@ -874,7 +874,10 @@ pub fn inspect(args: InspectArgs, manifest: Option<&Path>, output: Output) -> Re
 
 pub fn completions(args: CompletionsArgs) -> Result<i32> {
     let mut command = crate::Cli::command();
-    clap_complete::generate(args.shell, &mut command, "taskbeat", &mut std::io::stdout());
+    // Written through `out!`, so a closed pipe ends quietly like every other command.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "taskbeat", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
     Ok(0)
 }
 

@@ -20,7 +20,9 @@ use crate::store::{Completion, StoreError};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
     /// The target queue is not in the manifest.
-    #[error("queue `{queue}` is not in the manifest (queues: {known}); add a module consuming it or fix the route")]
+    #[error(
+        "queue `{queue}` is not in the manifest (queues: {known}); add a module consuming it, or fix the route (or the queue asked for)"
+    )]
     UnknownQueue {
         /// Requested queue.
         queue: String,

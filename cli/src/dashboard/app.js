@@ -121,6 +121,8 @@ function every(ms, render) {
       // An answer with an error status means the server is there; only a failed fetch is not.
       live(e.status ? "ok" : "error");
       notice(e.message, true, true);
+      const loading = document.querySelector("#view > p.muted");
+      if (loading && loading.textContent === "Loading…") loading.remove();
     }
     if (mine === generation && ms) timer = setTimeout(tick, ms);
   };

@@ -200,6 +200,14 @@ pub fn throughput_svg(data: &ChartData) -> Result<String> {
     Ok(svg)
 }
 
+/// `text`, cut to `max` characters with an ellipsis.
+fn fit(text: &str, max: usize) -> String {
+    match text.chars().count() > max {
+        true => format!("{}…", text.chars().take(max.saturating_sub(1)).collect::<String>()),
+        false => text.to_owned(),
+    }
+}
+
 /// The last part of a dotted task name, which is what fits under a bar.
 fn short_name(task: &str) -> &str {
     task.rsplit('.').next().unwrap_or(task)
@@ -213,9 +221,11 @@ pub fn durations_svg(data: &ChartData) -> Result<String> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(drawing_error)?;
-        let names: Vec<&str> = data.durations.iter().map(|d| short_name(&d.task)).collect();
-        // Task i's bars are centred on x = i; its name is the label there.
-        let slots = names.len().max(1);
+        // Task i's bars are centred on x = i; its name, cut to fit its slot, is the label there
+        // (the table under the chart has the names whole).
+        let slots = data.durations.len().max(1);
+        let fits = ((f64::from(WIDTH - 90) / slots as f64) / 7.5) as usize;
+        let names: Vec<String> = data.durations.iter().map(|d| fit(short_name(&d.task), fits.max(4))).collect();
         let peak = data.durations.iter().map(|d| d.p99_ms).max().unwrap_or(0) as f64 / 1000.0;
         let top = if peak > 0.0 { peak * 1.4 } else { 1.0 };
         let mut chart = ChartBuilder::on(&root)
@@ -234,7 +244,7 @@ pub fn durations_svg(data: &ChartData) -> Result<String> {
             .x_label_formatter(&|x| {
                 let nearest = x.round();
                 match (nearest - x).abs() < 1e-6 && nearest >= 0.0 {
-                    true => names.get(nearest as usize).map_or(String::new(), |n| (*n).to_owned()),
+                    true => names.get(nearest as usize).cloned().unwrap_or_default(),
                     false => String::new(),
                 }
             })

@@ -18,6 +18,9 @@ use super::{interrupt, text};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const TOKEN: &str = "correct-horse-battery-staple";
+/// A schedule of the user module, for the schedules page.
+const NIGHTLY_CLEANUP: &str = "\n[schedules.nightly_cleanup]\ntask = \"app.schedules.user_task.cleanup_inactive_users\"\n\
+                               minute = 0\nhour = 3\nargs = [30]\n";
 
 /// Where the screenshots go: $TASKBEAT_SCREENSHOTS, or target/tmp/dashboard-screenshots.
 fn screenshot_dir() -> std::path::PathBuf {
@@ -134,10 +137,6 @@ fn dashboard_in_chromium() {
         delay: Duration::from_millis(250),
     });
     let rig = Rig::new(false, app.base());
-    rig.add_to_manifest(
-        "\n[schedules.nightly_cleanup]\ntask = \"app.schedules.user_task.cleanup_inactive_users\"\n\
-         minute = 0\nhour = 3\nargs = [30]\n",
-    );
 
     // A bad deploy dead-letters a task (its module does not have it).
     rig.deploy("taskbeat-alert");
@@ -146,7 +145,9 @@ fn dashboard_in_chromium() {
     rig.wait_for_depth("a dead letter", |d| counts(d).3 == 1);
     interrupt(&mut local.0);
 
-    // The fixed deploy, with the dashboard on a free loopback port.
+    // The fixed deploy (with a schedule, which `local` refuses while its module lacks the task),
+    // with the dashboard on a free loopback port.
+    rig.add_to_manifest(NIGHTLY_CLEANUP);
     rig.deploy("taskbeat-user");
     let (mut local, url) = rig.start_local_with(&["--dashboard-bind", "127.0.0.1:0"]);
     let url = url.expect("taskbeat local prints the dashboard's address");
@@ -386,12 +387,12 @@ fn off_loopback_the_dashboard_needs_its_token() {
 fn dashboard_api_on_the_emulator() {
     let app = fake_app::spawn_detached(fake_app::Options::default());
     let rig = Rig::new(true, app.base());
-    rig.add_to_manifest("\n[schedules.nightly_cleanup]\ntask = \"app.schedules.user_task.cleanup_inactive_users\"\nminute = 0\nhour = 3\nargs = [30]\n");
     rig.deploy("taskbeat-alert");
     let mut local = rig.start_local();
     let lost = rig.send(&[r#"[["u1"],"recompute"]"#]);
     rig.wait_for_depth("a dead letter", |d| counts(d).3 == 1);
     interrupt(&mut local.0);
+    rig.add_to_manifest(NIGHTLY_CLEANUP);
     rig.deploy("taskbeat-user");
     let (mut local, url) = rig.start_local_with(&["--dashboard-bind", "127.0.0.1:0"]);
     let base = url.unwrap().trim_end_matches('/').to_owned();

@@ -170,6 +170,45 @@ fn mistakes_get_clear_errors() {
     let bad_manifest = taskbeat(dir.path(), &["status", &uuid::Uuid::new_v4().to_string()]);
     let err = text(&bad_manifest.stderr);
     assert!(err.contains("taskbeat.toml") && err.contains("queue") && err.contains("line"), "{err}");
+
+    // A schedule whose task lives in another module than its queue's: refused before it runs.
+    std::fs::write(
+        dir.path().join("taskbeat.toml"),
+        "[project]\nname = \"x\"\n[modules.user]\ncrate = \"taskbeat-user\"\nqueue = \"default\"\n\
+         [schedules.check_queues]\ntask = \"app.schedules.alert.check_queues\"\nminute = \"*/10\"\nargs = [100]\n",
+    )
+    .unwrap();
+    let misrouted = taskbeat(dir.path(), &["local", "--no-dashboard"]);
+    assert_eq!(misrouted.status.code(), Some(1));
+    let err = text(&misrouted.stderr);
+    assert!(err.contains("schedule `check_queues`") && err.contains("module `user` does not register it"), "{err}");
+
+    // A closed pipe ends `completions` quietly, as every other command.
+    let mut completions = Command::new(BIN).args(["completions", "bash"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(completions.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(completions.wait().unwrap().code(), Some(0), "no panic on the broken pipe");
+}
+
+/// `taskbeat --aws local` where the queues do not exist: one clear error, not a log flood.
+#[test]
+fn aws_local_without_its_resources_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = taskbeat_e2e::emulator::unique_project("missing");
+    std::fs::write(dir.path().join("taskbeat.toml"), taskbeat_e2e::emulator::user_manifest(&project)).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--aws", "local", "--no-dashboard"])
+        .env("AWS_ENDPOINT_URL", taskbeat_e2e::emulator::endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{project}-default")) && err.contains("--create-resources"), "{err}");
 }
 
 #[test]
