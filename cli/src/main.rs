@@ -156,7 +156,8 @@ struct SendArgs {
     /// Do not run after this: a time (RFC 3339) or seconds from now; then it is REVOKED.
     #[arg(long, value_parser = parse_expires)]
     expires: Option<chrono::DateTime<chrono::Utc>>,
-    /// Send even when no linked module has this task (it will be dead-lettered).
+    /// Send without checking the task and its arguments against the linked modules (an unknown
+    /// task is dead-lettered; arguments it cannot take make it FAILURE).
     #[arg(long)]
     unchecked: bool,
     /// Then watch it until it finishes.
@@ -424,7 +425,7 @@ fn check_schedules(manifest: &Manifest) -> Result<()> {
                 schedule.task
             )
         })?;
-        taskbeat::registry::bind_args(&schedule.task, spec.params(), schedule.args.clone(), schedule.kwargs.clone())
+        spec.check(schedule.args.clone(), schedule.kwargs.clone())
             .map_err(|e| anyhow!("schedule `{name}`: {}", e.info().message))?;
         // The module on the schedule's queue must be the one with the task.
         let queue = schedule.queue.as_deref().unwrap_or_else(|| manifest.route(&schedule.task));
@@ -475,7 +476,18 @@ fn parse_json<T: serde::de::DeserializeOwned>(flag: &str, text: &str, expected: 
 async fn send(setup: Setup, args: SendArgs, output: Output) -> Result<i32> {
     let positional: Vec<Value> = parse_json("--args", &args.args, "a JSON array, e.g. '[[\"u1\"],\"recompute\"]'")?;
     let kwargs: Map<String, Value> = parse_json("--kwargs", &args.kwargs, "a JSON object, e.g. '{\"days\": 30}'")?;
-    if !args.unchecked && modules::linked().iter().all(|(_, r)| r.get(&args.task).is_none()) {
+    // A call the task cannot take fails now, not as a FAILURE record after the send.
+    let spec = modules::linked().iter().find_map(|(_, r)| r.get(&args.task).cloned());
+    if let (Some(spec), false) = (&spec, args.unchecked) {
+        spec.check(positional.clone(), kwargs.clone()).map_err(|e| {
+            anyhow!(
+                "{}\n(`taskbeat inspect registered` shows its parameters: {}; --unchecked sends it anyway)",
+                e.info().message,
+                spec.params().join(", ")
+            )
+        })?;
+    }
+    if !args.unchecked && spec.is_none() {
         let mut known: Vec<String> =
             modules::linked().iter().flat_map(|(_, r)| r.names().map(str::to_owned).collect::<Vec<_>>()).collect();
         known.sort();

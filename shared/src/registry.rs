@@ -80,6 +80,7 @@ impl TaskError {
 
 type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 type HandlerFn = dyn Fn(TaskContext, Value) -> TaskFuture + Send + Sync;
+type CheckFn = dyn Fn(Value) -> Result<(), TaskError> + Send + Sync;
 
 /// Per-task settings (Celery's task options), with Celery's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,8 @@ pub struct TaskSpec {
     params: Vec<&'static str>,
     options: TaskOptions,
     handler: Arc<HandlerFn>,
+    /// Decodes bound arguments into the task's argument type and drops them.
+    check: Arc<CheckFn>,
 }
 
 impl fmt::Debug for TaskSpec {
@@ -168,6 +171,12 @@ impl TaskSpec {
     /// Its options.
     pub fn options(&self) -> TaskOptions {
         self.options
+    }
+
+    /// Whether a call with these arguments would bind and decode, without running anything:
+    /// for producers that want to refuse a bad call before it is sent.
+    pub fn check(&self, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<(), TaskError> {
+        (self.check)(bind_args(&self.name, &self.params, args, kwargs)?)
     }
 
     /// Binds the call's arguments and runs the task body.
@@ -225,19 +234,16 @@ impl Registry {
             let body = body.clone();
             let task_name = task_name.clone();
             Box::pin(async move {
-                let args: A = serde_path_to_error::deserialize(bound).map_err(|e| {
-                    let path = e.path().to_string();
-                    let inner = e.into_inner();
-                    let at = if path == "." { String::new() } else { format!(" (argument `{path}`)") };
-                    TaskError::permanent("InvalidArguments", format!("invalid arguments for {task_name}{at}: {inner}"))
-                })?;
+                let args: A = decode_args(&task_name, bound)?;
                 let value = body(ctx, args).await?;
                 serde_json::to_value(value).map_err(|e| {
                     TaskError::permanent("UnserializableResult", format!("result cannot be stored as JSON: {e}"))
                 })
             }) as TaskFuture
         });
-        let spec = TaskSpec { name: name.to_owned(), params: params.to_vec(), options, handler };
+        let task_name = name.to_owned();
+        let check: Arc<CheckFn> = Arc::new(move |bound: Value| decode_args::<A>(&task_name, bound).map(drop));
+        let spec = TaskSpec { name: name.to_owned(), params: params.to_vec(), options, handler, check };
         self.tasks.insert(name.to_owned(), spec);
         self
     }
@@ -251,6 +257,16 @@ impl Registry {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tasks.keys().map(String::as_str)
     }
+}
+
+/// Decodes bound arguments into a task's argument type; an error names the argument.
+fn decode_args<A: DeserializeOwned>(task: &str, bound: Value) -> Result<A, TaskError> {
+    serde_path_to_error::deserialize(bound).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = if path == "." { String::new() } else { format!(" (argument `{path}`)") };
+        TaskError::permanent("InvalidArguments", format!("invalid arguments for {task}{at}: {inner}"))
+    })
 }
 
 /// Binds positional and keyword arguments to parameter names, as Python binds a call.
@@ -297,6 +313,27 @@ pub fn bind_args(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_call_is_checked_without_running_the_task() {
+        #[derive(serde::Deserialize)]
+        struct Args {
+            #[allow(dead_code)]
+            user_ids: Vec<String>,
+            #[allow(dead_code)]
+            action: String,
+        }
+        let registry = Registry::new("m")
+            .task("t.users", &["user_ids", "action"], |_ctx, _args: Args| async { Ok::<_, TaskError>(json!(null)) });
+        let spec = registry.get("t.users").unwrap();
+        assert!(spec.check(vec![json!(["u1"]), json!("recompute")], Map::new()).is_ok());
+        let missing = spec.check(vec![json!(["u1"])], Map::new()).unwrap_err();
+        assert!(missing.info().message.contains("missing field `action`"), "{}", missing.info().message);
+        let typed = spec.check(vec![json!("u1"), json!("recompute")], Map::new()).unwrap_err();
+        assert!(typed.info().message.contains("argument `user_ids`"), "{}", typed.info().message);
+        let extra = spec.check(vec![json!(["u1"]), json!("x"), json!(3)], Map::new()).unwrap_err();
+        assert_eq!(extra.info().kind, "InvalidArguments");
+    }
 
     #[test]
     fn retry_delays_follow_celery() {

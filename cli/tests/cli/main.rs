@@ -157,6 +157,14 @@ fn mistakes_get_clear_errors() {
 
     let bad_args = taskbeat(dir.path(), &["send", "app.schedules.user_task.process_users", "--args", "{not json"]);
     assert!(text(&bad_args.stderr).contains("--args must be a JSON array"), "{}", text(&bad_args.stderr));
+    // A call the task cannot take is refused before it is sent.
+    let short = taskbeat(dir.path(), &["send", "app.schedules.user_task.process_users", "--args", r#"[["u1"]]"#]);
+    assert_eq!(short.status.code(), Some(1));
+    let err = text(&short.stderr);
+    assert!(err.contains("missing field `action`") && err.contains("user_ids, action"), "{err}");
+    let extra =
+        taskbeat(dir.path(), &["send", "app.schedules.user_task.cleanup_inactive_users", "--kwargs", r#"{"dayz":3}"#]);
+    assert!(text(&extra.stderr).contains("dayz"), "{}", text(&extra.stderr));
 
     let missing = taskbeat(dir.path(), &["status", &uuid::Uuid::new_v4().to_string()]);
     assert_eq!(missing.status.code(), Some(1));
