@@ -52,18 +52,38 @@ fn start_local_env(dir: &Path, env: &[(&str, String)], local_args: &[&str]) -> C
 
 #[allow(clippy::zombie_processes)]
 pub(crate) fn spawn_local(dir: &Path, global: &[&str], local_args: &[&str], env: &[(&str, String)]) -> Child {
-    let mut child = Command::new(BIN)
+    let (child, banner) = spawn_local_banner(dir, global, local_args, env);
+    let banner = banner.join("\n");
+    assert!(banner.contains("data:"), "says where the data lives:\n{banner}");
+    assert!(banner.contains("taskbeat send app.schedules.user_task.process_users"), "{banner}");
+    child
+}
+
+/// Starts `taskbeat [global] local [local_args]` and reads its banner, up to the Ctrl-C line.
+#[allow(clippy::zombie_processes)]
+pub(crate) fn spawn_local_banner(
+    dir: &Path,
+    global: &[&str],
+    local_args: &[&str],
+    env: &[(&str, String)],
+) -> (Child, Vec<String>) {
+    let mut command = Command::new(BIN);
+    command
         .current_dir(dir)
         .args(global)
         .arg("local")
         .args(local_args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("TASKBEAT_MANIFEST")
-        .env_remove("TASKBEAT_DATA_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env_remove("TASKBEAT_DATA_DIR");
+    read_banner(command)
+}
+
+/// Spawns a `taskbeat local` command and reads its banner, up to the Ctrl-C line. Its stderr
+/// keeps being read, so a chatty worker never blocks on a full pipe.
+#[allow(clippy::zombie_processes)]
+pub(crate) fn read_banner(mut command: Command) -> (Child, Vec<String>) {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -73,18 +93,17 @@ pub(crate) fn spawn_local(dir: &Path, global: &[&str], local_args: &[&str], env:
     });
     let started = Instant::now();
     let mut banner = Vec::new();
-    while started.elapsed() < Duration::from_secs(20) {
+    while started.elapsed() < Duration::from_secs(30) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            banner.push(line.clone());
-            if line.contains("Ctrl-C stops") {
-                let banner = banner.join("\n");
-                assert!(banner.contains("data:"), "says where the data lives:\n{banner}");
-                assert!(banner.contains("taskbeat send app.schedules.user_task.process_users"), "{banner}");
-                return child;
+            let done = line.contains("Ctrl-C stops");
+            banner.push(line);
+            if done {
+                return (child, banner);
             }
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("taskbeat local did not start:\n{}", banner.join("\n"));
 }
 

@@ -144,40 +144,15 @@ impl Rig {
     /// Starts `taskbeat local --no-schedules [extra]`; the dashboard's address when it serves one.
     pub(crate) fn start_local_with(&self, extra: &[&str]) -> (Running, Option<String>) {
         let mut command = self.command();
-        command
-            .args(["local", "--no-schedules", "--grace", "5"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = Running(command.spawn().unwrap());
-        let stderr = child.0.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
+        command.args(["local", "--no-schedules", "--grace", "5"]).args(extra);
+        let (child, banner) = super::read_banner(command);
+        let dashboard = banner.iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("dashboard: ")
+                .filter(|rest| rest.starts_with("http"))
+                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
         });
-        let started = Instant::now();
-        let mut banner: Vec<String> = Vec::new();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                if line.contains("Ctrl-C stops") {
-                    // Keep draining so a chatty worker never blocks on a full pipe.
-                    std::thread::spawn(move || while rx.recv().is_ok() {});
-                    let dashboard = banner.iter().find_map(|l| {
-                        l.trim()
-                            .strip_prefix("dashboard: ")
-                            .filter(|rest| rest.starts_with("http"))
-                            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-                    });
-                    return (child, dashboard);
-                }
-                banner.push(line);
-            }
-        }
-        drop(child);
-        panic!("taskbeat local did not start:\n{}", banner.join("\n"));
+        (Running(child), dashboard)
     }
 
     pub(crate) fn send(&self, args: &[&str]) -> String {

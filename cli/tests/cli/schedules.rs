@@ -1,9 +1,7 @@
 //! `taskbeat schedules`: the listing of the repo's manifest, `run`, `enable`/`disable` on the
 //! emulator, and the beat's line in `taskbeat local`'s banner.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::Value;
@@ -154,34 +152,7 @@ fn enable_and_disable_switch_the_deployed_rule_on_the_emulator() {
 
 /// Starts `taskbeat local ARGS` and returns its banner (up to the Ctrl-C line), then stops it.
 fn local_banner(dir: &std::path::Path, args: &[&str]) -> String {
-    let mut child = Command::new(BIN)
-        .current_dir(dir)
-        .arg("local")
-        .args(args)
-        .env_remove("TASKBEAT_MANIFEST")
-        .env_remove("TASKBEAT_DATA_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut banner = Vec::new();
-    while started.elapsed() < Duration::from_secs(20) {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            let done = line.contains("Ctrl-C stops");
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-    }
+    let (mut child, banner) = super::spawn_local_banner(dir, &[], args, &[]);
     interrupt(&mut child);
     banner.join("\n")
 }
